@@ -1,0 +1,350 @@
+"""A commit, loaded: layout, parsed configs and flows, and per-instance effective views.
+
+Loading reads the tree listing once and every needed blob in one batch. Parse and validation
+results are cached by blob id, so an unchanged file is parsed once per process, whatever the
+number of commits or instances that contain it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pathspec
+
+from headwater import inherit, layout, schemas, yamlio
+from headwater.errors import Diagnostic
+from headwater.flows import validate_flow
+from headwater.gitrepo import GitRepo, TreeEntry
+from headwater.kestra_types import TypeRegistry
+from headwater.rules.flow_rules import FlowReferences, flow_references
+from headwater.rules.references import check_namespace
+
+NAMESPACE_SCHEMA = "namespace.schema.json"
+REPO_SCHEMA = "headwater.schema.json"
+_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str | int | float | None) -> float:
+    """``30m`` → 1800.0; numbers are seconds."""
+    if text is None:
+        return 0.0
+    if isinstance(text, int | float):
+        return float(text)
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ValueError(f"invalid duration {text!r}")
+    return int(match.group(1)) * float(_UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """An instance as the repository describes it (``headwater.yaml`` ``instances.<name>``)."""
+
+    name: str
+    branch: str
+    tenants: tuple[str, ...] = ("*",)
+    promotion_from: str | None = None
+    soak_seconds: float = 0.0
+    max_delete_percent: float | None = None
+    self_heal: bool = False
+
+    def carries(self, tenant: str) -> bool:
+        return any(fnmatch.fnmatchcase(tenant, pattern) for pattern in self.tenants)
+
+
+@dataclass
+class FlowInfo:
+    tenant: str
+    namespace: str
+    flow_id: str
+    entry: TreeEntry
+    doc: yamlio.Document | None
+    refs: FlowReferences | None
+
+
+@dataclass
+class NamespaceView:
+    """One namespace as one instance sees it."""
+
+    tenant: str
+    name: str
+    effective: inherit.Effective
+    files: dict[str, tuple[str, TreeEntry]]  # path → (origin namespace, blob)
+    flows: dict[str, FlowInfo]
+
+
+@dataclass
+class InstanceView:
+    spec: InstanceSpec
+    namespaces: dict[tuple[str, str], NamespaceView]
+    diagnostics: list[Diagnostic]
+
+
+@dataclass
+class Snapshot:
+    revision: str
+    layout: layout.Layout
+    repo_doc: yamlio.Document | None
+    instances: dict[str, InstanceSpec]
+    configs: dict[str, yamlio.Document]  # repo path → parsed tenant.yaml / namespace.yaml
+    flows: dict[tuple[str, str, str], FlowInfo]
+    diagnostics: list[Diagnostic]  # instance-independent problems
+    registry: TypeRegistry
+    _views: dict[str, InstanceView] = field(default_factory=dict)
+
+    def view(self, instance: str) -> InstanceView:
+        cached = self._views.get(instance)
+        if cached is None:
+            cached = self._views[instance] = _build_view(self, self.instances[instance])
+        return cached
+
+    def report(self, instances: Iterable[str]) -> list[Diagnostic]:
+        """Every diagnostic for the given instances, instance-specific ones labelled."""
+        names = list(instances)
+        result = list(self.diagnostics)
+        counts: dict[Diagnostic, list[str]] = {}
+        for name in names:
+            for diag in self.view(name).diagnostics:
+                counts.setdefault(diag, []).append(name)
+        for diag, where in counts.items():
+            if len(where) == len(names):
+                result.append(diag)
+            else:
+                result.append(
+                    Diagnostic(
+                        diag.path, diag.line, diag.column, diag.code,
+                        f"{diag.message} (instance {', '.join(where)})",
+                        diag.hint, diag.severity, diag.related,
+                    )
+                )
+        return sorted(set(result), key=lambda d: (d.path, d.line or 0, d.column or 0, d.code, d.message))
+
+
+# -- caches ----------------------------------------------------------------------------------
+
+_CONFIG_CACHE: dict[tuple[str, str], tuple[yamlio.Document | None, list[Diagnostic]]] = {}
+_CACHE_LIMIT = 200_000
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = value
+
+
+def _parse_config(data: bytes, path: str, oid: str, schema: str) -> tuple[yamlio.Document | None, list[Diagnostic]]:
+    key = (oid, path)
+    cached = _CONFIG_CACHE.get(key)
+    if cached is not None:
+        return cached
+    diags: list[Diagnostic] = []
+    doc: yamlio.Document | None
+    try:
+        doc = yamlio.load(data, path)
+    except yamlio.YamlError as exc:
+        doc, diags = None, [exc.diagnostic]
+    if doc is not None:
+        if doc.value is None:
+            doc = yamlio.Document(path, {}, doc.marks)
+        if not isinstance(doc.value, dict):
+            diags.append(
+                Diagnostic(path, 1, 1, "config.not-a-mapping", "the file must hold a YAML mapping",
+                           hint="start with keys such as `variables:`")
+            )
+            doc = None
+        else:
+            diags.extend(schemas.validate(doc, schema))
+    result = (doc, diags)
+    _remember(_CONFIG_CACHE, key, result)
+    return result
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def load(repo: GitRepo, rev: str, *, extra_types: Iterable[str] = ()) -> Snapshot:
+    """Load and validate (instance-independent part) the commit ``rev`` of ``repo``."""
+    sha = repo.resolve(rev)
+    entries = repo.ls_tree(sha)
+    by_path = {e.path: e for e in entries}
+    diags: list[Diagnostic] = []
+
+    first = [by_path[p] for p in (layout.REPO_CONFIG, layout.IGNORE_FILE) if p in by_path]
+    early = repo.read_blobs(e.oid for e in first)
+    ignored = None
+    if layout.IGNORE_FILE in by_path:
+        text = early[by_path[layout.IGNORE_FILE].oid].decode("utf-8", "replace")
+        spec = pathspec.GitIgnoreSpec.from_lines(text.splitlines())
+        ignored = spec.match_file
+
+    repo_doc: yamlio.Document | None = None
+    if layout.REPO_CONFIG in by_path:
+        entry = by_path[layout.REPO_CONFIG]
+        repo_doc, found = _parse_config(early[entry.oid], entry.path, entry.oid, REPO_SCHEMA)
+        diags.extend(found)
+    else:
+        diags.append(
+            Diagnostic(layout.REPO_CONFIG, None, None, "repo.no-config",
+                       "headwater.yaml is missing at the repository root",
+                       hint="run `headwater init` or add a headwater.yaml with `version: 1` and `instances:`")
+        )
+    repo_value: Mapping[str, Any] = repo_doc.value if repo_doc is not None else {}
+    instances = _instances(repo_value)
+    max_bytes = _get(repo_value, "limits", "maxFileBytes", default=layout.DEFAULT_MAX_FILE_BYTES)
+    extra = list(extra_types) + list(_get(repo_value, "types", "extra", default=[]) or [])
+    registry = TypeRegistry.builtin(extra)
+
+    tree = layout.build(entries, ignored=ignored, max_file_bytes=int(max_bytes))
+    diags.extend(tree.diagnostics)
+
+    config_entries = [t.config for t in tree.tenants.values() if t.config is not None]
+    config_entries += [
+        ns.config for t in tree.tenants.values() for ns in t.namespaces.values() if ns.config is not None
+    ]
+    flow_entries = [
+        (t.name, ns.name, fid, e)
+        for t in tree.tenants.values()
+        for ns in t.namespaces.values()
+        for fid, e in ns.flows.items()
+    ]
+    needed = [e.oid for e in config_entries if (e.oid, e.path) not in _CONFIG_CACHE]
+    needed += [e.oid for (_t, _n, _f, e) in flow_entries]
+    blobs = repo.read_blobs(needed)
+
+    configs: dict[str, yamlio.Document] = {}
+    for entry in config_entries:
+        doc, found = _parse_config(blobs.get(entry.oid, b""), entry.path, entry.oid, NAMESPACE_SCHEMA)
+        diags.extend(found)
+        if doc is not None:
+            configs[entry.path] = doc
+
+    flows: dict[tuple[str, str, str], FlowInfo] = {}
+    for tenant, ns, fid, entry in flow_entries:
+        doc, found = validate_flow(
+            blobs[entry.oid], entry.path, registry,
+            expect_id=fid, expect_namespace=ns, cache_key=entry.oid,
+        )
+        diags.extend(found)
+        refs = flow_references(doc) if doc is not None and isinstance(doc.value, dict) else None
+        flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, entry, doc, refs)
+
+    return Snapshot(sha, tree, repo_doc, instances, configs, flows, diags, registry)
+
+
+def _get(value: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
+    current: Any = value
+    for key in keys:
+        if not isinstance(current, Mapping) or key not in current:
+            return default
+        current = current[key]
+    return current
+
+
+def _instances(repo_value: Mapping[str, Any]) -> dict[str, InstanceSpec]:
+    result: dict[str, InstanceSpec] = {}
+    raw = repo_value.get("instances")
+    if not isinstance(raw, Mapping):
+        return result
+    for name, spec in raw.items():
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("branch"), str):
+            continue
+        tenants = spec.get("tenants") or ["*"]
+        try:
+            soak = parse_duration(_get(spec, "promotion", "soak"))
+        except ValueError:
+            soak = 0.0  # the schema reports the bad duration
+        percent = _get(spec, "prune", "maxDeletePercent")
+        result[str(name)] = InstanceSpec(
+            name=str(name),
+            branch=spec["branch"],
+            tenants=tuple(str(t) for t in tenants),
+            promotion_from=_get(spec, "promotion", "from"),
+            soak_seconds=soak,
+            max_delete_percent=float(percent) if isinstance(percent, int | float) else None,
+            self_heal=bool(spec.get("selfHeal", False)),
+        )
+    return result
+
+
+# -- per-instance views ----------------------------------------------------------------------
+
+
+def _layers_of(doc: yamlio.Document | None, source: str, label: str, instance: str, owner: int) -> list[inherit.Layer]:
+    if doc is None:
+        return []
+    value = doc.value if isinstance(doc.value, dict) else {}
+    layers = [inherit.Layer(source, label, value, doc, (), owner)]
+    overlay = _get(value, "environments", instance)
+    if isinstance(overlay, Mapping):
+        layers.append(
+            inherit.Layer(source, f"environments.{instance} of {label}", overlay, doc,
+                          ("environments", instance), owner)
+        )
+    return layers
+
+
+def _build_view(snap: Snapshot, spec: InstanceSpec) -> InstanceView:
+    diags: set[Diagnostic] = set()
+    base: list[inherit.Layer] = []
+    if snap.repo_doc is not None and isinstance(snap.repo_doc.value, dict):
+        value = snap.repo_doc.value
+        defaults = value.get("defaults")
+        if isinstance(defaults, Mapping):
+            base.append(inherit.Layer(layout.REPO_CONFIG, "defaults", defaults, snap.repo_doc, ("defaults",), 1))
+        inst_defaults = _get(value, "instances", spec.name, "defaults")
+        if isinstance(inst_defaults, Mapping):
+            base.append(
+                inherit.Layer(layout.REPO_CONFIG, f"instances.{spec.name}.defaults", inst_defaults,
+                              snap.repo_doc, ("instances", spec.name, "defaults"), 2)
+            )
+    namespaces: dict[tuple[str, str], NamespaceView] = {}
+    owner = 10
+    for tenant in sorted(snap.layout.tenants.values(), key=lambda t: t.name):
+        if not spec.carries(tenant.name):
+            continue
+        tenant_layers = list(base)
+        if tenant.config is not None:
+            owner += 1
+            tenant_layers += _layers_of(snap.configs.get(tenant.config.path), tenant.config.path,
+                                        f"tenant {tenant.name}", spec.name, owner)
+        chains: dict[str, list[inherit.Layer]] = {}
+        for name in sorted(tenant.namespaces, key=lambda n: (n.count("."), n)):
+            ns = tenant.namespaces[name]
+            parent = ns.parent
+            layers = list(chains[parent]) if parent is not None else list(tenant_layers)
+            if ns.config is not None:
+                owner += 1
+                layers += _layers_of(snap.configs.get(ns.config.path), ns.config.path,
+                                     f"namespace {name}", spec.name, owner)
+            chains[name] = layers
+            effective, found = inherit.merge(layers)
+            diags.update(found)
+            chain = []
+            for ancestor in ns.ancestry():
+                node = tenant.namespaces.get(ancestor)
+                inherit_flag = True
+                if node is not None and node.config is not None:
+                    doc = snap.configs.get(node.config.path)
+                    flag = _get(doc.value, "files", "inherit") if doc is not None else None
+                    overlay_flag = (
+                        _get(doc.value, "environments", spec.name, "files", "inherit") if doc is not None else None
+                    )
+                    if isinstance(overlay_flag, bool):
+                        flag = overlay_flag
+                    inherit_flag = flag is not False
+                chain.append((ancestor, node.files if node is not None else {}, inherit_flag))
+            files = inherit.effective_files(chain)
+            flows = {
+                fid: snap.flows[(tenant.name, name, fid)]
+                for fid in ns.flows
+                if (tenant.name, name, fid) in snap.flows
+            }
+            namespaces[(tenant.name, name)] = NamespaceView(tenant.name, name, effective, files, flows)
+    for view in namespaces.values():
+        diags.update(check_namespace(view, namespaces, snap))
+    return InstanceView(spec, namespaces, sorted(diags, key=lambda d: (d.path, d.line or 0, d.code)))

@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from headwater.errors import GitError
+from headwater.gitrepo import MODE_SYMLINK, GitRepo
+from tests.gitutil import commit, git, init_repo
+
+
+def test_tree_listing_and_batch_read(tmp_path: Path) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a.txt": "alpha\n", "d/b.bin": b"\x00\x01\x02", "d/e/c.txt": "gamma"})
+    os.symlink("a.txt", repo_dir / "link")
+    sha = commit(repo_dir, "link")
+    with GitRepo(repo_dir) as repo:
+        entries = {e.path: e for e in repo.ls_tree(sha)}
+        assert set(entries) == {"a.txt", "d/b.bin", "d/e/c.txt", "link"}
+        assert entries["link"].mode == MODE_SYMLINK
+        assert entries["d/b.bin"].size == 3
+        blobs = repo.read_blobs(e.oid for e in entries.values())
+        assert blobs[entries["a.txt"].oid] == b"alpha\n"
+        assert blobs[entries["d/b.bin"].oid] == b"\x00\x01\x02"
+
+
+def test_reads_commits_not_the_working_copy(tmp_path: Path) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a.txt": "committed"})
+    (repo_dir / "a.txt").write_text("edited, not committed")
+    (repo_dir / "new.txt").write_text("untracked")
+    with GitRepo(repo_dir) as repo:
+        entries = repo.ls_tree("HEAD")
+        assert [e.path for e in entries] == ["a.txt"]
+        assert repo.read_blob(entries[0].oid) == b"committed"
+
+
+def test_many_blobs_in_one_batch(tmp_path: Path) -> None:
+    files = {f"f{i}.txt": f"content {i}\n" * (i % 50) for i in range(400)}
+    repo_dir = init_repo(tmp_path / "r", files)
+    with GitRepo(repo_dir) as repo:
+        entries = repo.ls_tree("HEAD")
+        blobs = repo.read_blobs(e.oid for e in entries)
+        by_path = {e.path: blobs[e.oid] for e in entries}
+        assert by_path == {k: v.encode() for k, v in files.items()}
+
+
+def test_diff_tree(tmp_path: Path) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a": "1", "b": "2"})
+    first = git(repo_dir, "rev-parse", "HEAD")
+    second = commit(repo_dir, "c", {"a": "changed", "b": None, "c": "new"})
+    with GitRepo(repo_dir) as repo:
+        assert sorted(repo.diff_tree(first, second)) == [("A", "c"), ("D", "b"), ("M", "a")]
+
+
+def test_bad_revision_and_not_a_repository(tmp_path: Path) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a": "1"})
+    with GitRepo(repo_dir) as repo:
+        with pytest.raises(GitError, match="unknown revision"):
+            repo.resolve("nope")
+        with pytest.raises(GitError, match="cannot start"):
+            repo.resolve("--output=/tmp/x")
+        assert repo.branches() == {"main": repo.resolve("HEAD")}
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(GitError, match="not a Git repository"):
+        GitRepo(tmp_path / "plain")
