@@ -110,7 +110,12 @@ class GitRepo:
         }
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
-        return bool(self._repo.is_ancestor(ancestor, descendant))
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "merge-base", "--is-ancestor",
+             self.resolve(ancestor), self.resolve(descendant)],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        return proc.returncode == 0
 
     def branches(self) -> dict[str, str]:
         """Local branches (refs/heads) → commit id."""

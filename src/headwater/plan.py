@@ -237,8 +237,8 @@ def compute(
         revision=revision,
         base=base,
         changes=tuple(_ordered(upserts, deletes, calls or {})),
-        drift=tuple(sorted(drifted)),
-        unmanaged=tuple(sorted(unmanaged)),
+        drift=tuple(sorted(drifted, key=_key_order)),
+        unmanaged=tuple(sorted(unmanaged, key=_key_order)),
         fingerprint=fingerprint(actual),
         unchanged=unchanged,
     )
@@ -316,8 +316,8 @@ def _change(
     sensitive = key.kind == "secret"
     before = have.hash if have is not None else None
     after = want.hash if want is not None else None
-    binary = any(r is not None and r.binary for r in (have, want))
-    source = next((r.source for r in (want, have) if r is not None and r.source), "")
+    binary = (have is not None and have.binary) or (want is not None and want.binary)
+    source = (want.source if want is not None else "") or (have.source if have is not None else "")
     if sensitive:
         return Change(
             key,
@@ -338,12 +338,21 @@ def _diff(have: Resource | None, want: Resource | None, label: str) -> str | Non
     new = want.content if want is not None else b""
     if old is None or new is None or max(len(old), len(new)) > MAX_DIFF_BYTES:
         return None
-    lines = difflib.unified_diff(
-        _lines(old),
-        _lines(new),
-        "a/" + label if have is not None else "/dev/null",
-        "b/" + label if want is not None else "/dev/null",
-    )
+    lines: Iterable[str]
+    if have is None or want is None:
+        # A creation or deletion: every line added or removed; no need for difflib.
+        body = _lines(new if have is None else old)
+        if not body:
+            return None
+        count = "1" if len(body) == 1 else f"1,{len(body)}"
+        if have is None:
+            head = ["--- /dev/null\n", f"+++ b/{label}\n", f"@@ -0,0 +{count} @@\n"]
+        else:
+            head = [f"--- a/{label}\n", "+++ /dev/null\n", f"@@ -{count} +0,0 @@\n"]
+        sign = "+" if have is None else "-"
+        lines = [*head, *(sign + line for line in body)]
+    else:
+        lines = difflib.unified_diff(_lines(old), _lines(new), f"a/{label}", f"b/{label}")
     out = []
     for line in lines:
         out.append(line)
@@ -361,6 +370,11 @@ def _lines(content: bytes) -> list[str]:
     return lines
 
 
+def _key_order(key: ResourceKey) -> tuple[str, str, str, str]:
+    # ResourceKey's own order, without a dataclass __lt__ call per comparison.
+    return (key.tenant, key.namespace, key.kind, key.name)
+
+
 def _sort_key(change: Change) -> tuple[int, str, str, str]:
     key = change.key
     return (_KIND_ORDER[key.kind], key.tenant, key.namespace, key.name)
@@ -370,22 +384,25 @@ def _ordered(
     upserts: list[Change], deletes: list[Change], calls: Mapping[ResourceKey, set[ResourceKey]]
 ) -> Iterator[Change]:
     upserts.sort(key=_sort_key)
-    deletes.sort(key=_sort_key, reverse=True)
+    deletes.sort(key=_sort_key)
     yield from (c for c in upserts if c.key.kind != "flow")
     yield from _callees_first([c for c in upserts if c.key.kind == "flow"], calls)
     yield from reversed(list(_callees_first([c for c in deletes if c.key.kind == "flow"], calls)))
-    yield from (c for c in deletes if c.key.kind != "flow")
+    yield from reversed([c for c in deletes if c.key.kind != "flow"])
 
 
 def _callees_first(
     changes: list[Change], calls: Mapping[ResourceKey, set[ResourceKey]]
 ) -> Iterator[Change]:
     """Depth-first post-order over ``calls``, through unchanged flows too, so a callee comes
-    before every caller that reaches it; a cycle is broken where it is first met."""
+    before every caller that reaches it; a cycle is broken where it is first met. Roots are
+    taken in the order given (sorted), so the result is deterministic."""
+    if not calls:
+        yield from changes
+        return
     by_key = {c.key: c for c in changes}
-    roots = sorted(by_key)
     done: set[ResourceKey] = set()
-    for root in roots:
+    for root in by_key:
         if root in done:
             continue
         done.add(root)

@@ -129,8 +129,8 @@ def plan_markdown(plan: Plan, *, max_chars: int = MAX_COMMENT_CHARS) -> str:
     head.append("")
     if counts["drift"]:
         head += [
-            f"**Drift:** {_resources(counts['drift'])} changed outside Git; this plan restores"
-            " or removes them.",
+            f"**Drift:** {_resources(counts['drift'])} changed outside Git since the last apply"
+            " (marked below); this plan puts back what Git holds.",
             "",
         ]
     if plan.unmanaged:

@@ -274,70 +274,50 @@ def _instances(repo_value: Mapping[str, Any]) -> dict[str, InstanceSpec]:
 # -- per-instance views ----------------------------------------------------------------------
 
 
-def _layers_of(doc: yamlio.Document | None, source: str, label: str, instance: str, owner: int) -> list[inherit.Layer]:
+def _files_inherit(doc: yamlio.Document | None, instance: str) -> bool:
+    """A namespace's own ``files.inherit`` (its overlay for the instance wins); default true."""
     if doc is None:
-        return []
-    value = doc.value if isinstance(doc.value, dict) else {}
-    layers = [inherit.Layer(source, label, value, doc, (), owner)]
-    overlay = _get(value, "environments", instance)
-    if isinstance(overlay, Mapping):
-        layers.append(
-            inherit.Layer(source, f"environments.{instance} of {label}", overlay, doc,
-                          ("environments", instance), owner)
-        )
-    return layers
+        return True
+    flag = _get(doc.value, "files", "inherit")
+    overlay = _get(doc.value, "environments", instance, "files", "inherit")
+    if isinstance(overlay, bool):
+        flag = overlay
+    return flag is not False
 
 
 def _build_view(snap: Snapshot, spec: InstanceSpec) -> InstanceView:
-    diags: set[Diagnostic] = set()
-    base: list[inherit.Layer] = []
-    if snap.repo_doc is not None and isinstance(snap.repo_doc.value, dict):
-        value = snap.repo_doc.value
-        defaults = value.get("defaults")
-        if isinstance(defaults, Mapping):
-            base.append(inherit.Layer(layout.REPO_CONFIG, "defaults", defaults, snap.repo_doc, ("defaults",), 1))
-        inst_defaults = _get(value, "instances", spec.name, "defaults")
-        if isinstance(inst_defaults, Mapping):
-            base.append(
-                inherit.Layer(layout.REPO_CONFIG, f"instances.{spec.name}.defaults", inst_defaults,
-                              snap.repo_doc, ("instances", spec.name, "defaults"), 2)
-            )
+    diags: list[Diagnostic] = []
+    root, found = inherit.merge(inherit.repository_layers(snap.repo_doc, spec.name))
+    diags.extend(found)
     namespaces: dict[tuple[str, str], NamespaceView] = {}
-    owner = 10
     for tenant in sorted(snap.layout.tenants.values(), key=lambda t: t.name):
         if not spec.carries(tenant.name):
             continue
-        tenant_layers = list(base)
+        base = root
         if tenant.config is not None:
-            owner += 1
-            tenant_layers += _layers_of(snap.configs.get(tenant.config.path), tenant.config.path,
-                                        f"tenant {tenant.name}", spec.name, owner)
-        chains: dict[str, list[inherit.Layer]] = {}
+            doc = snap.configs.get(tenant.config.path)
+            base, found = inherit.merge(
+                inherit.config_layers(tenant.config.path, f"tenant {tenant.name}", doc, spec.name), base
+            )
+            diags.extend(found)
+        effective_of: dict[str, inherit.Effective] = {}
+        inherit_of: dict[str, bool] = {}
         for name in sorted(tenant.namespaces, key=lambda n: (n.count("."), n)):
             ns = tenant.namespaces[name]
             parent = ns.parent
-            layers = list(chains[parent]) if parent is not None else list(tenant_layers)
+            effective = effective_of[parent] if parent is not None else base
+            doc = snap.configs.get(ns.config.path) if ns.config is not None else None
             if ns.config is not None:
-                owner += 1
-                layers += _layers_of(snap.configs.get(ns.config.path), ns.config.path,
-                                     f"namespace {name}", spec.name, owner)
-            chains[name] = layers
-            effective, found = inherit.merge(layers)
-            diags.update(found)
+                effective, found = inherit.merge(
+                    inherit.config_layers(ns.config.path, f"namespace {name}", doc, spec.name), effective
+                )
+                diags.extend(found)
+            effective_of[name] = effective
+            inherit_of[name] = _files_inherit(doc, spec.name)
             chain = []
             for ancestor in ns.ancestry():
                 node = tenant.namespaces.get(ancestor)
-                inherit_flag = True
-                if node is not None and node.config is not None:
-                    doc = snap.configs.get(node.config.path)
-                    flag = _get(doc.value, "files", "inherit") if doc is not None else None
-                    overlay_flag = (
-                        _get(doc.value, "environments", spec.name, "files", "inherit") if doc is not None else None
-                    )
-                    if isinstance(overlay_flag, bool):
-                        flag = overlay_flag
-                    inherit_flag = flag is not False
-                chain.append((ancestor, node.files if node is not None else {}, inherit_flag))
+                chain.append((ancestor, node.files if node is not None else {}, inherit_of.get(ancestor, True)))
             files = inherit.effective_files(chain)
             flows = {
                 fid: snap.flows[(tenant.name, name, fid)]
@@ -346,5 +326,6 @@ def _build_view(snap: Snapshot, spec: InstanceSpec) -> InstanceView:
             }
             namespaces[(tenant.name, name)] = NamespaceView(tenant.name, name, effective, files, flows)
     for view in namespaces.values():
-        diags.update(check_namespace(view, namespaces, snap))
-    return InstanceView(spec, namespaces, sorted(diags, key=lambda d: (d.path, d.line or 0, d.code)))
+        diags.extend(check_namespace(view, namespaces, snap))
+    unique = sorted(set(diags), key=lambda d: (d.path, d.line or 0, d.code, d.message))
+    return InstanceView(spec, namespaces, unique)

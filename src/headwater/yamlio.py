@@ -138,7 +138,7 @@ def _tagged(text: str, tag: str, path: str, mark: Mark) -> Any:
     )
 
 
-def _diag(path: str, mark: Mark | tuple[None, None], code: str, message: str, hint: str) -> YamlError:
+def _diag(path: str, mark: tuple[int | None, int | None], code: str, message: str, hint: str) -> YamlError:
     return YamlError(Diagnostic(path, mark[0], mark[1], code, message, hint=hint))
 
 
@@ -186,7 +186,7 @@ def load(
         return _build(text, path, max_depth, max_nodes, allow_multi)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where: Mark | tuple[None, None] = (
+        where: tuple[int | None, int | None] = (
             (mark.line + 1, mark.column + 1) if mark is not None else (None, None)
         )
         problem = exc.problem or exc.context or "syntax error"

@@ -17,38 +17,7 @@ from headwater import __version__
 from headwater.errors import HeadwaterError
 
 
-class HeadwaterGroup(click.Group):
-    def main(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
-        verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:3]) or "-v" in sys.argv
-        try:
-            return super().main(*args, standalone_mode=False, **kwargs)  # type: ignore[arg-type]
-        except click.exceptions.Exit as exc:
-            sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
-            sys.exit(exc.exit_code)
-        except click.Abort:
-            click.echo("aborted", err=True)
-            sys.exit(1)
-        except HeadwaterError as exc:
-            click.echo(f"error: {exc.message}", err=True)
-            if exc.hint:
-                click.echo(f"  hint: {exc.hint}", err=True)
-            if verbose:
-                traceback.print_exc()
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(130)
-        except Exception as exc:
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"unexpected error: {type(exc).__name__}: {exc}", err=True)
-            click.echo(f"  hint: run with -v for details; headwater {__version__}", err=True)
-            sys.exit(3)
-
-
-@click.group(cls=HeadwaterGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="headwater")
 @click.option("-v", "--verbose", count=True, help="More output; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
@@ -67,23 +36,48 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from headwater.cli import validate
+    from headwater.cli import sync, validate
 
-    for command in validate.COMMANDS:
-        cli.add_command(command)
-    try:
-        from headwater.cli import sync
-    except ImportError:  # pragma: no cover - during partial builds
-        return
-    for command in sync.COMMANDS:
-        cli.add_command(command)
+    for module in (validate, sync):
+        for command in module.COMMANDS:
+            cli.add_command(command)
 
 
 _register()
 
 
-def main() -> None:
-    cli()
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; every error becomes one line plus a hint and an exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args)
+    try:
+        cli.main(args, prog_name="headwater", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(1)
+    except HeadwaterError as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"  hint: {exc.hint}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if verbose:
+            traceback.print_exc()
+        click.echo(f"unexpected error: {type(exc).__name__}: {exc}", err=True)
+        click.echo(f"  hint: run with -v for the traceback; headwater {__version__}", err=True)
+        sys.exit(3)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -147,7 +147,7 @@ def explain(repo_path: str, rev: str, instance: str, fmt: str, target: str) -> N
             return
         click.echo(f"{tenant}/{namespace} on {instance} at {snap.revision[:12]}")
         click.echo("")
-        width = max((len(r["path"]) + len(json.dumps(r["value"])) for r in rows), default=0) + 3
+        width = min(max((len(r["path"]) + len(json.dumps(r["value"])) for r in rows), default=0) + 3, 64)
         for row in rows:
             left = f"{row['path']} = {json.dumps(row['value'])}"
             origin = f"{row['source']}:{row['line']}" if row["line"] else row["source"]
@@ -162,25 +162,35 @@ def explain(repo_path: str, rev: str, instance: str, fmt: str, target: str) -> N
 
 def explain_rows(view: snapshot.NamespaceView) -> list[dict[str, Any]]:
     """One row per effective leaf: dotted path, value, source file, line, layer."""
+    provenance = view.effective.provenance
+    prefixes = {loc[:i] for loc in provenance for i in range(len(loc))}
     rows = []
-    for loc, origin in sorted(view.effective.provenance.items(), key=lambda kv: [str(p) for p in kv[0]]):
-        value: Any = view.effective.config
-        for part in loc:
-            try:
-                value = value[part]
-            except (KeyError, IndexError, TypeError):
-                value = None
-                break
-        if isinstance(value, dict) and value:
-            continue
+    for loc, origin in sorted(provenance.items(), key=lambda kv: [str(p) for p in kv[0]]):
+        if loc in prefixes or any(isinstance(part, int) for part in loc):
+            continue  # an inner node, or an item of a list shown whole
         rows.append({
             "path": ".".join(str(p) for p in loc),
-            "value": value,
+            "value": _lookup(view.effective.config, loc),
             "source": origin.source,
             "line": origin.line,
             "layer": origin.layer,
         })
     return rows
+
+
+def _lookup(config: Any, loc: tuple[Any, ...]) -> Any:
+    value = config
+    for part in loc:
+        if isinstance(value, list) and isinstance(part, str):
+            # pluginDefaults are keyed by type in provenance
+            value = next((v for v in value if isinstance(v, dict) and v.get("type") == part), None)
+        elif isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            return None
+    return value
 
 
 @click.group()

@@ -1,0 +1,631 @@
+"""The local target: materialisation, sharing, drift, safety, atomicity and crash recovery."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headwater.errors import TargetError
+from headwater.resources import (
+    Kind,
+    Resource,
+    ResourceKey,
+    State,
+    content_hash,
+    make,
+    secret_hash,
+)
+from headwater.state import StateStore
+from headwater.targets import LocalTarget, Target
+
+HASH_KEY = b"k" * 32
+PASSWORD = "correct horse battery staple"
+FLOW = b"id: hello\nnamespace: company\n\ntasks:\n  - id: t\n    type: io.kestra.Log\n"
+
+
+def res(kind: Kind, name: str, content: bytes, ns: str = "company", tenant: str = "acme"):
+    return make(tenant, ns, kind, name, content)
+
+
+def secret(name: str, value: str, ns: str = "company", tenant: str = "acme") -> Resource:
+    return Resource(ResourceKey(tenant, ns, "secret", name), secret_hash(HASH_KEY, value))
+
+
+def state(*resources: Resource) -> State:
+    return {r.key: r for r in resources}
+
+
+def sample(version: int = 0) -> State:
+    return state(
+        res("flow", "hello", FLOW),
+        res("flow", "child", b"id: child\nnamespace: company.team\n", ns="company.team"),
+        res("file", "scripts/etl/load.py", f"print({version})\n".encode()),
+        res("file", "logo.png", b"\x89PNG\r\n\x1a\n\x00\x00binary"),
+        res("file", "scripts/etl/load.py", f"print({version})\n".encode(), ns="company.team"),
+        res("config", "config", b'{"variables": {"env": "dev"}}\n'),
+        res("kv", "region", b'"eu-west-1"'),
+        res("kv", "limits", b'{"cpu": 2, "tags": ["a", "b"]}'),
+        secret("DB_PASSWORD", PASSWORD),
+    )
+
+
+SECRETS = {("acme", "company"): {"DB_PASSWORD": PASSWORD}}
+
+
+def hashes(s: State) -> dict[ResourceKey, str]:
+    return {k: r.hash for k, r in s.items()}
+
+
+def debris(root: Path) -> list[str]:
+    found = [p.name for p in root.iterdir() if ".tmp-" in p.name]
+    for sub in ("revisions", "objects"):
+        if (root / sub).is_dir():
+            found += [f"{sub}/{p.name}" for p in (root / sub).iterdir() if ".tmp-" in p.name]
+    return found
+
+
+def objects(root: Path) -> set[Path]:
+    return {p for p in (root / "objects").rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "instance"
+
+
+@pytest.fixture
+def target(root: Path) -> LocalTarget:
+    return LocalTarget(root, keep=3, secret_hash_key=HASH_KEY, durable=False)
+
+
+def test_is_a_target(target: LocalTarget) -> None:
+    checked: Target = target
+    assert checked.current_revision() is None
+
+
+def test_unapplied_instance_is_empty_and_untouched(tmp_path: Path) -> None:
+    t = LocalTarget(tmp_path / "nothing")
+    assert t.current_revision() is None
+    assert t.inventory() == {}
+    assert t.revisions() == []
+    assert t.read(ResourceKey("acme", "company", "flow", "hello")) is None
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_materialisation_layout(root: Path, target: LocalTarget) -> None:
+    target.apply("aaa111", sample(), SECRETS)
+    assert os.readlink(root / "current") == "revisions/aaa111"
+    assert target.current_revision() == "aaa111"
+    assert target.revisions() == ["aaa111"]
+    ns = root / "current" / "acme" / "company"
+    assert (ns / "flows" / "hello.yaml").read_bytes() == FLOW
+    assert (ns / "files" / "scripts" / "etl" / "load.py").read_bytes() == b"print(0)\n"
+    assert (ns / "files" / "logo.png").read_bytes().startswith(b"\x89PNG")
+    assert (ns / "config.json").read_bytes() == b'{"variables": {"env": "dev"}}\n'
+    assert json.loads((ns / "kv.json").read_bytes()) == {
+        "region": "eu-west-1",
+        "limits": {"cpu": 2, "tags": ["a", "b"]},
+    }
+    child = root / "current" / "acme" / "company.team"
+    assert (child / "flows" / "child.yaml").exists()
+    assert (child / "files" / "scripts" / "etl" / "load.py").read_bytes() == b"print(0)\n"
+    assert not (child / "kv.json").exists()
+    assert not (child / "secrets.env").exists()
+    assert stat.S_IMODE((ns / "flows" / "hello.yaml").stat().st_mode) == 0o444
+    manifest = json.loads((root / "current" / ".manifest.json").read_bytes())
+    assert manifest["revision"] == "aaa111"
+    assert {(r["kind"], r["name"]) for r in manifest["resources"]} == {
+        (k.kind, k.name) for k in sample()
+    }
+    assert target.manifest() == hashes(sample())
+
+
+def test_flows_are_byte_identical(target: LocalTarget, root: Path) -> None:
+    odd = b"# comment\r\nid: odd   \r\nnamespace: company\r\n\r\n\xe2\x9c\x93 no newline"
+    target.apply("r1", state(res("flow", "odd", odd)), {})
+    assert (root / "current/acme/company/flows/odd.yaml").read_bytes() == odd
+
+
+def test_secrets_env_is_private_base64_and_kept_out_of_the_store(
+    root: Path, target: LocalTarget
+) -> None:
+    target.apply("r1", sample(), SECRETS)
+    env = root / "current" / "acme" / "company" / "secrets.env"
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert env.read_text() == f"SECRET_DB_PASSWORD={base64.b64encode(PASSWORD.encode()).decode()}\n"
+    encoded = base64.b64encode(PASSWORD.encode())
+    for path in root.rglob("*"):
+        if path.is_file() and path.name != "secrets.env":
+            data = path.read_bytes()
+            assert PASSWORD.encode() not in data and encoded not in data, path
+    assert env.stat().st_ino not in {p.stat().st_ino for p in objects(root)}
+
+
+def test_inventory_and_read_back(target: LocalTarget) -> None:
+    desired = sample()
+    target.apply("r1", desired, SECRETS)
+    inventory = target.inventory()
+    assert hashes(inventory) == hashes(desired)
+    assert all(r.content is None for r in inventory.values())
+    assert inventory[ResourceKey("acme", "company", "file", "logo.png")].binary
+    for key, r in desired.items():
+        if key.kind in ("flow", "file", "config"):
+            assert target.read(key) == r.content
+    assert target.read(ResourceKey("acme", "company", "kv", "limits")) == (
+        b'{"cpu":2,"tags":["a","b"]}'
+    )
+    assert target.read(ResourceKey("acme", "company", "secret", "DB_PASSWORD")) is None
+    assert target.read(ResourceKey("acme", "company", "flow", "absent")) is None
+    assert target.read(ResourceKey("acme", "company", "file", "../../etc/passwd")) is None
+
+
+def test_second_apply_writes_only_what_changed(root: Path, target: LocalTarget) -> None:
+    def many(changed: int) -> State:
+        return state(
+            *(
+                res("file", f"f{i}.txt", f"file {i} {'v2' if i == changed else 'v1'}\n".encode())
+                for i in range(50)
+            )
+        )
+
+    target.apply("r1", many(-1), {})
+    before = objects(root)
+    target.apply("r2", many(7), {})
+    after = objects(root)
+    assert len(after - before) == 1
+    assert (after - before).pop().read_bytes() == b"file 7 v2\n"
+    old = root / "revisions/r1/acme/company/files"
+    new = root / "revisions/r2/acme/company/files"
+    assert (old / "f3.txt").stat().st_ino == (new / "f3.txt").stat().st_ino
+    assert (new / "f3.txt").stat().st_nlink == 3  # the object, r1 and r2
+    assert (old / "f7.txt").stat().st_ino != (new / "f7.txt").stat().st_ino
+
+
+def test_hand_edit_shows_as_drift_only_where_it_happened(root: Path, target: LocalTarget) -> None:
+    desired = sample()
+    target.apply("r1", desired, SECRETS)
+    script = root / "current/acme/company/files/scripts/etl/load.py"
+    with open(script, "r+b") as f:  # in place, same size: only the mtime gives it away
+        f.write(b"print(9)\n")
+    flow_key = ResourceKey("acme", "company", "flow", "hello")
+    (root / "current/acme/company/flows/hello.yaml").unlink()
+    (root / "current/acme/company/files/extra.txt").write_bytes(b"added by hand\n")
+
+    inventory = target.inventory()
+    script_key = ResourceKey("acme", "company", "file", "scripts/etl/load.py")
+    extra_key = ResourceKey("acme", "company", "file", "extra.txt")
+    assert inventory[script_key].hash == content_hash(b"print(9)\n")
+    assert target.read(script_key) == b"print(9)\n"
+    assert flow_key not in inventory
+    assert inventory[extra_key].hash == content_hash(b"added by hand\n")
+    drifted = {k for k in desired if k not in inventory or inventory[k].hash != desired[k].hash}
+    # The child namespace's identical (inherited) script shares the inode, so it changed too.
+    child_key = ResourceKey("acme", "company.team", "file", "scripts/etl/load.py")
+    assert drifted == {script_key, flow_key, child_key}
+
+
+def test_kv_drift_is_by_value_not_by_formatting(root: Path, target: LocalTarget) -> None:
+    desired = sample()
+    target.apply("r1", desired, SECRETS)
+    kv = root / "current/acme/company/kv.json"
+    kv.chmod(0o644)
+    values = json.loads(kv.read_bytes())
+    kv.write_text(json.dumps(values, separators=(",", ":")))  # reformatted, same values
+    assert hashes(target.inventory()) == hashes(desired)
+    values["region"] = "us-east-1"
+    values["new"] = 1
+    kv.write_text(json.dumps(values))
+    inventory = target.inventory()
+    region = ResourceKey("acme", "company", "kv", "region")
+    assert inventory[region].hash == content_hash(b'"us-east-1"')
+    assert target.read(region) == b'"us-east-1"'
+    assert inventory[ResourceKey("acme", "company", "kv", "new")].hash == content_hash(b"1")
+    limits = ResourceKey("acme", "company", "kv", "limits")
+    assert inventory[limits].hash == desired[limits].hash
+
+
+def test_secret_drift(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(), SECRETS)
+    key = ResourceKey("acme", "company", "secret", "DB_PASSWORD")
+    env = root / "current/acme/company/secrets.env"
+    assert target.inventory()[key].hash == secret_hash(HASH_KEY, PASSWORD)
+    env.write_text("SECRET_DB_PASSWORD=" + base64.b64encode(b"changed").decode() + "\n")
+    assert target.inventory()[key].hash == secret_hash(HASH_KEY, "changed")
+    blind = LocalTarget(root, durable=False)  # no hash key: a value edit cannot be seen
+    assert blind.inventory()[key].hash == secret_hash(HASH_KEY, PASSWORD)
+    env.chmod(0o644)
+    assert target.inventory()[key].hash == "hmac:exposed"
+    env.unlink()
+    assert key not in target.inventory()
+
+
+def test_apply_restores_drift_by_rematerialising(root: Path, target: LocalTarget) -> None:
+    desired = sample()
+    target.apply("r1", desired, SECRETS)
+    (root / "current/acme/company/config.json").write_bytes(b"{}")
+    target.apply("r1", desired, SECRETS)
+    assert os.readlink(root / "current") == "revisions/r1.1"
+    assert target.current_revision() == "r1"
+    assert target.revisions() == ["r1"]
+    assert hashes(target.inventory()) == hashes(desired)
+    assert (root / "current/acme/company/config.json").read_bytes() == (
+        b'{"variables": {"env": "dev"}}\n'
+    )
+
+
+def test_store_corrupted_through_a_hard_link_is_repaired(root: Path, target: LocalTarget) -> None:
+    desired = sample()
+    target.apply("r1", desired, SECRETS)
+    flow = root / "current/acme/company/flows/hello.yaml"
+    obj = next(p for p in objects(root) if p.stat().st_ino == flow.stat().st_ino)
+    with open(flow, "r+b") as f:  # edits the shared object too
+        f.write(b"ID")
+    assert obj.read_bytes() != FLOW
+    target.apply("r2", desired, SECRETS)
+    assert (root / "current/acme/company/flows/hello.yaml").read_bytes() == FLOW
+    for p in objects(root):
+        assert "sha256:" + p.name == content_hash(p.read_bytes()), p
+    assert hashes(target.inventory()) == hashes(desired)
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "tenant", "namespace"),
+    [
+        ("file", "../escape.txt", "acme", "company"),
+        ("file", "a/../../escape.txt", "acme", "company"),
+        ("file", "/etc/passwd", "acme", "company"),
+        ("file", "a//b", "acme", "company"),
+        ("file", "./a", "acme", "company"),
+        ("file", "a/", "acme", "company"),
+        ("file", "", "acme", "company"),
+        ("file", "a\x00b", "acme", "company"),
+        ("file", "x" * 256, "acme", "company"),
+        ("flow", "../../../escape", "acme", "company"),
+        ("flow", "a/b", "acme", "company"),
+        ("flow", "..", "acme", "company"),
+        ("file", "ok.txt", "..", "company"),
+        ("file", "ok.txt", ".manifest.json", "company"),
+        ("file", "ok.txt", "acme/../..", "company"),
+        ("file", "ok.txt", "acme", ".."),
+        ("file", "ok.txt", "acme", "a/b"),
+        ("config", "other", "acme", "company"),
+        ("kv", "", "acme", "company"),
+    ],
+)
+def test_unsafe_names_are_refused(
+    root: Path, target: LocalTarget, kind: Kind, name: str, tenant: str, namespace: str
+) -> None:
+    target.apply("good", sample(), SECRETS)
+    bad = make(tenant, namespace, kind, name, b'"x"')
+    with pytest.raises(TargetError):
+        target.apply("bad", {**sample(), bad.key: bad}, SECRETS)
+    assert target.current_revision() == "good"
+    assert sorted(p.name for p in root.parent.iterdir()) == ["instance"]
+    assert debris(root) == []
+
+
+@pytest.mark.parametrize("name", ["DB-PASSWORD", "../X", "1ABC", "A B"])
+def test_unsafe_secret_names_are_refused(target: LocalTarget, name: str) -> None:
+    with pytest.raises(TargetError, match="secret name"):
+        target.apply("r1", state(secret(name, "v")), {("acme", "company"): {name: "v"}})
+
+
+def test_bad_desired_states_are_refused(target: LocalTarget) -> None:
+    with pytest.raises(TargetError, match="no value for secret DB_PASSWORD"):
+        target.apply("r1", sample(), {})
+    wrong = Resource(ResourceKey("acme", "company", "flow", "f"), content_hash(b"a"), b"b")
+    with pytest.raises(TargetError, match="does not match its hash"):
+        target.apply("r1", state(wrong), {})
+    with pytest.raises(TargetError, match="no content"):
+        target.apply("r1", state(Resource(wrong.key, wrong.hash)), {})
+    for content in (b"{not json", b"NaN", b"\xff"):
+        with pytest.raises(TargetError, match="not JSON"):
+            target.apply("r1", state(res("kv", "k", content)), {})
+    clash = state(res("file", "a", b"1"), res("file", "a/b", b"2"))
+    with pytest.raises(TargetError, match="both a file and a folder"):
+        target.apply("r1", clash, {})
+    for revision in ("../x", "", "a.b", "a/b"):
+        with pytest.raises(TargetError, match="invalid revision"):
+            target.apply(revision, sample(), SECRETS)
+    assert target.current_revision() is None
+
+
+def test_symlinks_placed_by_hand_are_not_followed(
+    tmp_path: Path, root: Path, target: LocalTarget
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"private data\n")
+    target.apply("r1", sample(), SECRETS)
+    script = root / "current/acme/company/files/scripts/etl/load.py"
+    script.unlink()
+    script.symlink_to(outside)
+    folder = root / "current/acme/company.team/files/scripts"
+    os.rename(folder, tmp_path / "moved")
+    folder.symlink_to(tmp_path / "moved")
+    key = ResourceKey("acme", "company", "file", "scripts/etl/load.py")
+    child_key = ResourceKey("acme", "company.team", "file", "scripts/etl/load.py")
+    inventory = target.inventory()
+    assert key not in inventory and child_key not in inventory
+    assert target.read(key) is None and target.read(child_key) is None
+
+
+def test_a_failed_apply_leaves_the_instance_as_it_was(
+    root: Path, target: LocalTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target.apply("r1", sample(0), SECRETS)
+    real_link = os.link
+    calls = 0
+
+    def flaky_link(src: Any, dst: Any, **kw: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise OSError(28, "No space left on device")
+        real_link(src, dst, **kw)
+
+    monkeypatch.setattr(os, "link", flaky_link)
+    with pytest.raises(TargetError, match="No space left") as info:
+        target.apply("r2", sample(1), SECRETS)
+    assert info.value.hint and "unchanged" in info.value.hint
+
+    def failing_replace(*args: Any, **kw: Any) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(TargetError):
+        target.apply("r2", sample(1), SECRETS)
+    monkeypatch.undo()
+    assert target.current_revision() == "r1"
+    assert hashes(target.inventory()) == hashes(sample(0))
+    target.apply("r3", sample(1), SECRETS)
+    assert debris(root) == []
+
+
+def test_readers_always_see_a_complete_revision(root: Path) -> None:
+    writer = LocalTarget(root, keep=100, durable=False)
+    versions = {f"r{i}": sample(i) for i in range(25)}
+    writer.apply("r0", versions["r0"], SECRETS)
+    problems: list[str] = []
+    done = threading.Event()
+
+    def read_continuously() -> None:
+        reader = LocalTarget(root, durable=False)
+        while not done.is_set():
+            revision = reader.current_revision()
+            if revision is None:
+                problems.append("no current revision")
+            try:
+                got = hashes(reader.inventory())
+            except Exception as e:  # pragma: no cover - reported below
+                problems.append(repr(e))
+                continue
+            expected = [hashes(v) for v in versions.values()]
+            if got not in expected:
+                problems.append(f"incomplete view near {revision}")
+
+    readers = [threading.Thread(target=read_continuously) for _ in range(2)]
+    for t in readers:
+        t.start()
+    try:
+        for name, desired in list(versions.items())[1:]:
+            writer.apply(name, desired, SECRETS)
+    finally:
+        done.set()
+        for t in readers:
+            t.join()
+    assert problems == []
+    assert writer.current_revision() == "r24"
+
+
+def test_pruning_keeps_n_and_never_current_or_previous(root: Path) -> None:
+    target = LocalTarget(root, keep=3, durable=False)
+    for i in range(6):
+        target.apply(f"r{i}", sample(i), SECRETS)
+    assert target.revisions() == ["r5", "r4", "r3"]
+    assert sorted(p.name for p in (root / "revisions").iterdir()) == ["r3", "r4", "r5"]
+    for p in objects(root):
+        assert p.stat().st_nlink >= 2, "objects no revision uses are collected"
+    one = LocalTarget(root, keep=1, durable=False)
+    one.activate("r3")
+    one.apply("r6", sample(6), SECRETS)
+    assert os.readlink(root / "previous") == "revisions/r3"
+    assert one.revisions() == ["r6", "r3"]
+
+
+def test_activate_is_a_fast_rollback(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(1), SECRETS)
+    target.apply("r2", sample(2), SECRETS)
+    target.activate("r1")
+    assert target.current_revision() == "r1"
+    assert os.readlink(root / "previous") == "revisions/r2"
+    assert hashes(target.inventory()) == hashes(sample(1))
+    target.activate("r1")  # already there
+    with pytest.raises(TargetError, match="no longer materialised"):
+        target.activate("r0")
+    (root / "revisions/r2/acme/company/config.json").unlink()
+    with pytest.raises(TargetError, match="modified on disk"):
+        target.activate("r2")
+    assert target.current_revision() == "r1"
+
+
+def test_debris_is_removed_on_open_and_on_apply(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(), SECRETS)
+    (root / "revisions/.tmp-r2-0123").mkdir()
+    (root / "revisions/.tmp-r2-0123/half.txt").write_bytes(b"x")
+    (root / "current.tmp-abcd").symlink_to("revisions/.tmp-r2-0123")
+    (root / "objects/.tmp-beef").write_bytes(b"partial")
+    orphan = root / "objects/ab" / ("ab" + "0" * 62)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"linked by nothing")
+    LocalTarget(root)
+    assert debris(root) == []
+    assert not orphan.exists()
+    assert target.current_revision() == "r1"
+    (root / "previous.tmp-1").symlink_to("revisions/r1")
+    target.apply("r2", sample(2), SECRETS)
+    assert debris(root) == []
+
+
+def test_a_concurrent_writer_is_refused(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(), SECRETS)
+    fd = os.open(root / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        busy = LocalTarget(root, lock_timeout=0.1, durable=False)
+        with pytest.raises(TargetError, match="another process"):
+            busy.apply("r2", sample(2), SECRETS)
+    finally:
+        os.close(fd)
+    assert target.current_revision() == "r1"
+
+
+def test_a_lost_manifest_is_reported_and_repaired(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(), SECRETS)
+    (root / "current" / ".manifest.json").unlink()
+    with pytest.raises(TargetError, match="lost its manifest"):
+        target.inventory()
+    with pytest.raises(TargetError, match="lost its manifest"):
+        target.manifest()
+    target.apply("r1", sample(), SECRETS)
+    assert hashes(target.inventory()) == hashes(sample())
+
+
+def test_durable_apply(root: Path) -> None:
+    target = LocalTarget(root, keep=2)
+    target.apply("r1", sample(), SECRETS)
+    assert hashes(target.inventory()) == hashes(sample())
+
+
+# -- crash safety -------------------------------------------------------------------------
+
+BUILDER = r"""
+from headwater.resources import Resource, ResourceKey, make, secret_hash
+
+def build(version):
+    desired = {}
+    for i in range(300):
+        v = version if i % 4 == 0 else 0
+        body = f"file {i} version {v}\n".encode() * 40
+        r = make("acme", f"company.ns{i % 10}", "file", f"d{i % 7}/f{i}.txt", body)
+        desired[r.key] = r
+    for n in range(10):
+        ns = f"company.ns{n}"
+        for r in (
+            make("acme", ns, "flow", f"flow{n}", f"id: flow{n}\n# {version}\n".encode()),
+            make("acme", ns, "config", "config", b'{"variables": {}}'),
+            make("acme", ns, "kv", "version", str(version).encode()),
+        ):
+            desired[r.key] = r
+        k = ResourceKey("acme", ns, "secret", "TOKEN")
+        desired[k] = Resource(k, secret_hash(b"k" * 32, f"token-{version}"))
+    secrets = {("acme", f"company.ns{n}"): {"TOKEN": f"token-{version}"} for n in range(10)}
+    return desired, secrets
+"""
+
+DRIVER = (
+    BUILDER
+    + r"""
+import sys, time
+from headwater.state import StateStore
+from headwater.targets.local import LocalTarget
+
+root, db, revision, version = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+desired, secrets = build(version)
+target = LocalTarget(root, keep=3)
+store = StateStore(db)
+try:
+    with store.lock("dev", owner="test:driver", ttl=120):
+        store.reconcile("dev", target.current_revision(), target.manifest())
+        print("go", flush=True)
+        started = time.monotonic()
+        store.begin_apply("dev", revision, trigger="test:driver")
+        target.apply(revision, desired, secrets)
+        store.finish_apply("dev", revision, target.manifest(), {"resources": len(desired)},
+                           "test:driver")
+        print("done", time.monotonic() - started, flush=True)
+finally:
+    store.close()
+"""
+)
+
+
+def start_driver(root: Path, db: Path, revision: str, version: int) -> subprocess.Popen[str]:
+    args = [sys.executable, "-c", DRIVER, str(root), str(db), revision, str(version)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line != "go\n":
+        _, err = proc.communicate()
+        raise AssertionError(f"driver failed to start: {line!r} {err}")
+    return proc
+
+
+def run_driver(root: Path, db: Path, revision: str, version: int) -> float:
+    proc = start_driver(root, db, revision, version)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    return float(out.split()[1])
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_instants_leaves_old_or_new(tmp_path: Path) -> None:
+    namespace: dict[str, Any] = {}
+    exec(BUILDER, namespace)
+    build = namespace["build"]
+    root, db = tmp_path / "instance", tmp_path / "state.db"
+    revision = [hashlib.sha1(str(v).encode()).hexdigest() for v in range(100)]
+    expected = {revision[v]: hashes(build(v)[0]) for v in range(100)}
+
+    run_driver(root, db, revision[0], 0)
+    # Apply times vary a lot on a busy machine: draw kill instants over the 90th percentile of
+    # the full applies seen so far (plus a margin), so they span the whole apply.
+    durations = [run_driver(root, db, revision[v], v) for v in (1, 2, 3)]
+    rng = random.Random(20240611)
+    old, outcomes, reconciled = revision[3], {"old": 0, "new": 0}, set()
+    for attempt in range(52):
+        version = attempt + 4
+        new = revision[version]
+        span = sorted(durations)[int(len(durations) * 0.9)] * 1.3
+        proc = start_driver(root, db, new, version)
+        time.sleep(rng.uniform(0, span))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+
+        target = LocalTarget(root)  # opening removes the debris
+        assert debris(root) == [], attempt
+        current = target.current_revision()
+        assert current in (old, new), attempt
+        outcomes["old" if current == old else "new"] += 1
+        manifest = target.manifest()
+        assert manifest == expected[current], attempt
+        assert hashes(target.inventory()) == manifest, attempt  # the files match the manifest
+        with StateStore(db) as store:
+            reconciled.add(store.reconcile("dev", current, manifest))
+            now = store.get("dev")
+            assert now.applied_revision == current and now.pending_revision is None, attempt
+            assert store.inventory("dev") == manifest, attempt
+
+        durations.append(run_driver(root, db, new, version))  # the next apply converges
+        assert LocalTarget(root).current_revision() == new
+        assert debris(root) == [], attempt
+        old = new
+    assert outcomes["old"] > 0 and outcomes["new"] > 0, (outcomes, reconciled)
+    assert reconciled <= {"clean", "completed", "dropped"}, reconciled
+    assert len(list((root / "revisions").iterdir())) <= 5
+    with StateStore(db) as store:
+        assert store.get("dev").applied_revision == old
+        assert store.lock_holder("dev") is None
