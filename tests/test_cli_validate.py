@@ -295,8 +295,8 @@ def test_flows_mode_and_extra_types(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert code == 0, out  # the directory walk takes only *.yaml/*.yml: types.txt is not a flow
     code, out, _ = run(capsys, "validate", "--flows", "--extra-types", str(extra), str(custom), str(good))
     assert code == 0, out
-    code, _, err = run(capsys, "validate", "--flows", str(tmp_path / "missing.yaml"))
-    assert code == 1
+    code, out, _ = run(capsys, "validate", "--flows", str(tmp_path / "missing.yaml"))
+    assert code == 1 and "file.unreadable" in out
 
 
 def test_validate_usage_and_git_errors(tmp_path: Path, sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -312,7 +312,7 @@ def test_validate_usage_and_git_errors(tmp_path: Path, sample: Path, capsys: pyt
 
 def test_schema_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "schema", "export", str(tmp_path / "out"))
-    assert code == 0
+    assert code == 0 and "wrote" in out
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert {"flow.schema.json", "namespace.schema.json", "headwater.schema.json", "plan.schema.json"} <= set(names)
     for name in names:

@@ -77,7 +77,7 @@ def _render(plan: Plan, fmt: str, no_color: bool) -> str:
 @click.option("--rev", help="Commit to plan (default: the branch the instance follows).")
 @click.option("--base", help="Pull-request view: compare this ref…")
 @click.option("--head", help="…with this ref, without touching the instance.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True, help="Output format.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 without changes, 2 with changes, 1 on error.")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also save the plan (JSON) for `apply PLANFILE`.")
 @click.option("--no-color", is_flag=True, help="Plain text output (also NO_COLOR).")
@@ -134,9 +134,11 @@ def apply(
     if instance is None:
         raise click.UsageError("give --instance NAME or a PLANFILE")
     color = output.use_color(no_color)
+    quiet = bool((click.get_current_context().find_root().obj or {}).get("quiet"))
 
     def confirm(p: Plan) -> bool:
-        click.echo(render.plan_text(p, color))
+        if not quiet or not (p.is_empty or yes):
+            click.echo(render.plan_text(p, color))
         if p.is_empty or yes:
             return True
         if not sys.stdin.isatty():
@@ -162,7 +164,7 @@ def apply(
 @click.command()
 @repo_option
 @click.option("--instance", help="One instance (default: every instance known to the state store).")
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
 @config_option
 @state_option
 def status(repo_path: str, instance: str | None, fmt: str, config_path: str | None, state_dir: str | None) -> None:
@@ -230,7 +232,7 @@ def _status_text(body: dict[str, object]) -> str:
 @click.command()
 @click.option("--instance", required=True, help="The instance.")
 @click.option("--limit", default=20, show_default=True, help="How many entries.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
 @config_option
 @state_option
 def history(instance: str, limit: int, fmt: str, config_path: str | None, state_dir: str | None) -> None:

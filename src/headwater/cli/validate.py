@@ -69,7 +69,7 @@ def _flow_files(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--extra-types", type=click.Path(exists=True, dir_okay=False),
               help="File naming additional task/trigger types to accept (one per line).")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
-              show_default=True)
+              show_default=True, help="Output format.")
 @click.option("--no-color", is_flag=True, help="Plain text output (also NO_COLOR).")
 @click.argument("paths", nargs=-1)
 def validate(
@@ -115,7 +115,7 @@ def _validate_flow_files(files: list[Path], extra: list[str]) -> list[Diagnostic
 @repo_option
 @rev_option
 @click.option("--instance", required=True, help="The instance whose view to explain.")
-@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
 @click.argument("target", metavar="TENANT/NAMESPACE")
 def explain(repo_path: str, rev: str, instance: str, fmt: str, target: str) -> None:
     """Show a namespace's effective config, where every value comes from, and its files."""
