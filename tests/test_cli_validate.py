@@ -317,3 +317,18 @@ def test_schema_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert {"flow.schema.json", "namespace.schema.json", "headwater.schema.json", "plan.schema.json"} <= set(names)
     for name in names:
         assert json.loads((tmp_path / "out" / name).read_text())["$schema"].endswith("2020-12/schema")
+
+
+def test_init_creates_a_repository_that_validates(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo = tmp_path / "new"
+    code, out, _ = run(capsys, "init", str(repo), "--tenant", "acme", "--namespace", "data.team")
+    assert code == 0 and "created" in out
+    assert (repo / "tenants/acme/data/team/flows/hello.yaml").is_file()
+    git(repo, "init", "-q")
+    commit(repo, "init")
+    code, body = validate_json(capsys, repo)
+    assert code == 0, body
+    code, _, err = run(capsys, "init", str(repo))
+    assert code == 1 and "already exists" in err
+    code, _, err = run(capsys, "init", str(tmp_path / "x"), "--tenant", "Bad Name")
+    assert code == 2

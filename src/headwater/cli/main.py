@@ -36,9 +36,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from headwater.cli import sync, validate
+    from headwater.cli import scaffold, sync, validate
 
-    for module in (validate, sync):
+    for module in (validate, sync, scaffold):
         for command in module.COMMANDS:
             cli.add_command(command)
 
