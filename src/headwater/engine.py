@@ -16,6 +16,7 @@ from typing import Any
 
 from headwater import plan as planning
 from headwater import snapshot
+from headwater.cache import ResultCache
 from headwater.errors import Diagnostic, HeadwaterError, PlanRefused, ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.resources import Resource, ResourceKey, State, content_hash, is_binary, secret_hash
@@ -75,10 +76,12 @@ class Engine:
         self.store = store if store is not None else StateStore(settings.state_path / "state.db")
         self._owns_store = store is None
         self.hash_key = load_or_create_hash_key(settings.state_path)
+        self.cache = ResultCache(settings.state_path / "cache.db")
         self.provider = self._provider()
         self._targets: dict[str, LocalTarget] = {}
 
     def close(self) -> None:
+        self.cache.close()
         if self._owns_store:
             self.store.close()
 
@@ -111,7 +114,7 @@ class Engine:
     # -- desired state ---------------------------------------------------------------------
 
     def load(self, rev: str) -> snapshot.Snapshot:
-        return snapshot.load(self.repo, rev)
+        return snapshot.load(self.repo, rev, cache=self.cache)
 
     def check(self, snap: snapshot.Snapshot, instance: str) -> list[Diagnostic]:
         if instance not in snap.instances:

@@ -16,6 +16,8 @@ from typing import Any
 import pathspec
 
 from headwater import inherit, layout, schemas, yamlio
+from headwater.cache import ResultCache
+from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic
 from headwater.flows import validate_flow
 from headwater.gitrepo import GitRepo, TreeEntry
@@ -63,7 +65,6 @@ class FlowInfo:
     namespace: str
     flow_id: str
     entry: TreeEntry
-    doc: yamlio.Document | None
     refs: FlowReferences | None
 
 
@@ -167,8 +168,14 @@ def _parse_config(data: bytes, path: str, oid: str, schema: str) -> tuple[yamlio
 # -- loading ---------------------------------------------------------------------------------
 
 
-def load(repo: GitRepo, rev: str, *, extra_types: Iterable[str] = ()) -> Snapshot:
-    """Load and validate (instance-independent part) the commit ``rev`` of ``repo``."""
+def load(
+    repo: GitRepo, rev: str, *, extra_types: Iterable[str] = (), cache: ResultCache | None = None
+) -> Snapshot:
+    """Load and validate (instance-independent part) the commit ``rev`` of ``repo``.
+
+    With a ``cache``, flows and configs already seen (same blob, path and code) are neither
+    read nor parsed again.
+    """
     sha = repo.resolve(rev)
     entries = repo.ls_tree(sha)
     by_path = {e.path: e for e in entries}
@@ -212,26 +219,44 @@ def load(repo: GitRepo, rev: str, *, extra_types: Iterable[str] = ()) -> Snapsho
         for ns in t.namespaces.values()
         for fid, e in ns.flows.items()
     ]
-    needed = [e.oid for e in config_entries if (e.oid, e.path) not in _CONFIG_CACHE]
-    needed += [e.oid for (_t, _n, _f, e) in flow_entries]
+    store = cache if cache is not None else ResultCache(None)
+    config_keys = {e.path: cache_key("config", e.oid, e.path) for e in config_entries}
+    flow_keys = {
+        e.path: cache_key("flow", e.oid, e.path, registry.fingerprint, fid, ns)
+        for (_t, ns, fid, e) in flow_entries
+    }
+    known = store.get_many([*config_keys.values(), *flow_keys.values()])
+    needed = [e.oid for e in config_entries if config_keys[e.path] not in known]
+    needed += [e.oid for (_t, _n, _f, e) in flow_entries if flow_keys[e.path] not in known]
     blobs = repo.read_blobs(needed)
+    fresh: dict[str, Any] = {}
 
     configs: dict[str, yamlio.Document] = {}
     for entry in config_entries:
-        doc, found = _parse_config(blobs.get(entry.oid, b""), entry.path, entry.oid, NAMESPACE_SCHEMA)
+        ckey = config_keys[entry.path]
+        if ckey in known:
+            doc, found = known[ckey]
+        else:
+            doc, found = _parse_config(blobs[entry.oid], entry.path, entry.oid, NAMESPACE_SCHEMA)
+            fresh[ckey] = (doc, found)
         diags.extend(found)
         if doc is not None:
             configs[entry.path] = doc
 
     flows: dict[tuple[str, str, str], FlowInfo] = {}
     for tenant, ns, fid, entry in flow_entries:
-        doc, found = validate_flow(
-            blobs[entry.oid], entry.path, registry,
-            expect_id=fid, expect_namespace=ns, cache_key=entry.oid,
-        )
+        fkey = flow_keys[entry.path]
+        if fkey in known:
+            found, refs = known[fkey]
+        else:
+            doc, found = validate_flow(
+                blobs[entry.oid], entry.path, registry, expect_id=fid, expect_namespace=ns,
+            )
+            refs = flow_references(doc) if doc is not None and isinstance(doc.value, dict) else None
+            fresh[fkey] = (found, refs)
         diags.extend(found)
-        refs = flow_references(doc) if doc is not None and isinstance(doc.value, dict) else None
-        flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, entry, doc, refs)
+        flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, entry, refs)
+    store.put_many(fresh)
 
     return Snapshot(sha, tree, repo_doc, instances, configs, flows, diags, registry)
 

@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 from headwater import schemas, snapshot
+from headwater.cache import ResultCache
+from headwater.cache import default_path as default_cache_path
 from headwater.cli import output
 from headwater.errors import Diagnostic, HeadwaterError
 from headwater.flows import validate_flow
@@ -19,11 +21,19 @@ repo_option = click.option(
     "-C", "repo_path", default=".", show_default=True, type=click.Path(file_okay=False),
     help="The Git repository.",
 )
+cache_option = click.option(
+    "--no-cache", is_flag=True, envvar="HEADWATER_NO_CACHE",
+    help="Do not read or write the result cache ($HEADWATER_CACHE_DIR or ~/.cache/headwater).",
+)
 rev_option = click.option("--rev", default="HEAD", show_default=True, help="Commit, branch or tag to read.")
 
 
 def open_repo(path: str) -> GitRepo:
     return GitRepo(path)
+
+
+def open_cache(disabled: bool) -> ResultCache:
+    return ResultCache(None if disabled else default_cache_path())
 
 
 def instance_names(snap: snapshot.Snapshot, instance: str | None, all_instances: bool) -> list[str]:
@@ -71,10 +81,11 @@ def _flow_files(paths: tuple[str, ...]) -> list[Path]:
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "github"]), default="text",
               show_default=True, help="Output format.")
 @click.option("--no-color", is_flag=True, help="Plain text output (also NO_COLOR).")
+@cache_option
 @click.argument("paths", nargs=-1)
 def validate(
     repo_path: str, rev: str, instance: str | None, all_instances: bool, flows_mode: bool,
-    extra_types: str | None, fmt: str, no_color: bool, paths: tuple[str, ...],
+    extra_types: str | None, fmt: str, no_color: bool, no_cache: bool, paths: tuple[str, ...],
 ) -> None:
     """Validate the repository at REV for each instance, or flow files with --flows.
 
@@ -88,8 +99,8 @@ def validate(
         diags = _validate_flow_files(_flow_files(paths), extra)
         _emit(diags, fmt, no_color, files=len(paths))
     else:
-        with open_repo(repo_path) as repo:
-            snap = snapshot.load(repo, rev, extra_types=extra)
+        with open_repo(repo_path) as repo, open_cache(no_cache) as cache:
+            snap = snapshot.load(repo, rev, extra_types=extra, cache=cache)
             names = instance_names(snap, instance, all_instances)
             diags = snap.report(names)
             _emit(diags, fmt, no_color, revision=snap.revision, instances=names)
@@ -116,14 +127,15 @@ def _validate_flow_files(files: list[Path], extra: list[str]) -> list[Diagnostic
 @rev_option
 @click.option("--instance", required=True, help="The instance whose view to explain.")
 @click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+@cache_option
 @click.argument("target", metavar="TENANT/NAMESPACE")
-def explain(repo_path: str, rev: str, instance: str, fmt: str, target: str) -> None:
+def explain(repo_path: str, rev: str, instance: str, fmt: str, no_cache: bool, target: str) -> None:
     """Show a namespace's effective config, where every value comes from, and its files."""
     tenant, sep, namespace = target.partition("/")
     if not sep or not tenant or not namespace:
         raise click.UsageError("give the namespace as TENANT/NAMESPACE, e.g. acme/company.team")
-    with open_repo(repo_path) as repo:
-        snap = snapshot.load(repo, rev)
+    with open_repo(repo_path) as repo, open_cache(no_cache) as cache:
+        snap = snapshot.load(repo, rev, cache=cache)
         instance_names(snap, instance, False)
         view = snap.view(instance).namespaces.get((tenant, namespace))
         if view is None:

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from headwater import snapshot
+from headwater.cache import ResultCache
+from headwater.gitrepo import GitRepo
+from tests.gitutil import commit, git
+
+FLOW = "tenants/acme/company/team/flows/ingest.yaml"
+
+
+def report(repo_dir: Path, cache: ResultCache | None, rev: str = "HEAD") -> list[tuple[object, ...]]:
+    with GitRepo(repo_dir) as repo:
+        snap = snapshot.load(repo, rev, cache=cache)
+        return [(d.path, d.line, d.code, d.message) for d in snap.report(sorted(snap.instances))]
+
+
+def test_cache_round_trip_and_torn_entries(tmp_path: Path) -> None:
+    with ResultCache(tmp_path / "c.db") as cache:
+        cache.put_many({"a": {"x": 1}, "b": [1, 2]})
+        assert cache.get_many(["a", "b", "c"]) == {"a": {"x": 1}, "b": [1, 2]}
+    db = sqlite3.connect(tmp_path / "c.db")
+    db.execute("UPDATE entries SET payload = substr(payload, 1, 5) WHERE key = 'a'")
+    db.commit()
+    db.close()
+    with ResultCache(tmp_path / "c.db") as cache:
+        assert cache.get_many(["a", "b"]) == {"b": [1, 2]}
+        assert cache.dropped == 1
+        assert cache.get_many(["a"]) == {}  # the torn entry is gone, to be rebuilt
+
+
+def test_garbage_cache_file_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with ResultCache(path) as cache:
+        cache.put_many({"k": 1})
+        assert cache.get_many(["k"]) == {"k": 1}
+
+
+def test_unwritable_cache_is_switched_off(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with ResultCache(blocker / "sub" / "c.db") as cache:  # a parent is a file: cannot open
+        cache.put_many({"k": 1})
+        assert cache.get_many(["k"]) == {}
+
+
+def test_results_identical_with_and_without_cache(sample: Path, tmp_path: Path) -> None:
+    commit(sample, "errors", {
+        FLOW: "id: ingest\nnamespace: company.team\ntasks: []\n",
+        "tenants/acme/company/team/namespace.yaml": "variabls: {}\n",
+    })
+    plain = report(sample, None)
+    assert plain
+    with ResultCache(tmp_path / "c.db") as cache:
+        cold = report(sample, cache)
+        assert cache.misses > 0 and cache.hits == 0
+    with ResultCache(tmp_path / "c.db") as cache:
+        warm = report(sample, cache)
+        assert cache.hits > 0 and cache.misses == 0
+    assert plain == cold == warm
+
+
+@pytest.mark.parametrize("change", ["edit", "revert", "rename"])
+def test_never_stale(change: str, sample: Path, tmp_path: Path) -> None:
+    original = (sample / FLOW).read_text()
+    with ResultCache(tmp_path / "c.db") as cache:
+        assert report(sample, cache) == []
+        if change == "edit":
+            commit(sample, "edit", {FLOW: original.replace("tasks:", "tasks: []\nold_tasks:")})
+            codes = {c for (_p, _l, c, _m) in report(sample, cache)}
+            assert "schema.minItems" in codes or "schema.additionalProperties" in codes
+        elif change == "revert":
+            commit(sample, "edit", {FLOW: "id: ingest\nnamespace: company.team\ntasks: []\n"})
+            assert report(sample, cache)
+            commit(sample, "revert", {FLOW: original})
+            assert report(sample, cache) == []
+        else:
+            git(sample, "mv", FLOW, FLOW.replace("ingest.yaml", "renamed.yaml"))
+            commit(sample, "rename")
+            codes = {c for (_p, _l, c, _m) in report(sample, cache)}
+            assert "flow.id-mismatch" in codes  # same blob, new path: not served from the old entry
