@@ -1,18 +1,25 @@
-"""schemas.py: loading, the compiled fast path, and located diagnostics (flow.schema.json)."""
+"""schemas.py: loading, the jsonschema-rs verdict, and located diagnostics (flow.schema.json)."""
 
 from __future__ import annotations
 
+import datetime
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema_rs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from headwater import schemas
+from headwater import render, schemas
 from headwater.errors import Diagnostic
-from headwater.yamlio import load
+from headwater.plan import compute
+from headwater.resources import make
+from headwater.yamlio import Key, YamlError, load
+from tests.test_conformance import CORPUS
 
 SCHEMA_FOLDER = Path(__file__).resolve().parents[1] / "schemas"
 
@@ -257,17 +264,32 @@ def test_validate_is_generic_over_the_packaged_schemas() -> None:
             assert diag.code.startswith("schema.") and diag.path == doc.path
 
 
-# --- the fast path agrees with jsonschema ---------------------------------------------------
+# --- jsonschema-rs gives the verdict, and agrees with jsonschema --------------------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-3, 3) | st.floats(-2, 2, allow_nan=False)
     | st.sampled_from(["", "x", "id", "tasks", "STRING", "PT1S", "{{ x }}", "io.kestra.plugin.core.log.Log"]),
     lambda children: st.lists(children, max_size=4)
     | st.dictionaries(
-        st.sampled_from(["id", "type", "tasks", "namespace", "message", "value", "a", "limit"]),
+        st.sampled_from(["id", "type", "tasks", "namespace", "message", "value", "a", "limit",
+                         "labels", "revision", "version", "instances", "count"]),
         children, max_size=5,
     ),
     max_leaves=20,
+)
+# numbers YAML can produce that jsonschema-rs reads differently or not at all
+odd_numbers = (
+    st.floats() | st.integers()
+    | st.sampled_from([float("inf"), float("-inf"), float("nan"), 2**63, -(2**63) - 1, 10**400])
+)
+odd_values = st.recursive(
+    odd_numbers | st.sampled_from(["x", "id", "{{ x }}"]),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(
+        st.sampled_from(["id", "namespace", "tasks", "labels", "revision", "version", "count"]),
+        children, max_size=4,
+    ),
+    max_leaves=10,
 )
 
 
@@ -279,73 +301,201 @@ def reference(name: str) -> Draft202012Validator:
 REFERENCES = {name: reference(name) for name in schemas.schema_names()}
 
 
+def fast(name: str) -> jsonschema_rs.Validator:
+    validator = schemas._fast_validator(name)
+    assert validator is not None, f"jsonschema-rs cannot compile {name}: every verdict is slow"
+    return validator
+
+
+def sample_documents() -> list[tuple[str, Any]]:
+    """Every YAML file of the sample repository and of the conformance corpus that loads."""
+    repo = Path(__file__).resolve().parents[1] / "sample-repo"
+    paths = sorted(repo.rglob("*.yaml"))
+    if CORPUS is not None:
+        paths += sorted(p for p in CORPUS.rglob("*") if p.suffix in (".yaml", ".yml"))
+    docs = []
+    for path in paths:
+        try:
+            docs.append((str(path), load(path.read_bytes(), str(path)).value))
+        except YamlError:
+            continue
+    return docs
+
+
+def sample_plan() -> Any:
+    """A plan as `headwater plan -o json` writes it: a create, an update, a delete and drift."""
+    hello, old_hello = (make("acme", "company", "flow", "hello.yaml", t) for t in (b"a", b"b"))
+    kv, drifted = (make("acme", "company", "kv", "k", t) for t in (b"v", b"w"))
+    gone = make("acme", "company", "file", "x.sql", b"x")
+    managed = {r.key: r.hash for r in (old_hello, gone, kv)}
+    actual = {r.key: r for r in (old_hello, gone, drifted)}
+    plan = compute({hello.key: hello, kv.key: kv}, actual, instance="dev", revision="b" * 40,
+                   base="a" * 40, managed=managed)
+    return json.loads(render.plan_json(plan))
+
+
+SAMPLES = [*sample_documents(), ("a plan", sample_plan())]
+
+
+@pytest.mark.parametrize("name", schemas.schema_names())
+def test_every_packaged_schema_compiles_with_jsonschema_rs(name: str) -> None:
+    fast(name)
+
+
 @pytest.mark.parametrize("name", schemas.schema_names())
 @settings(max_examples=150, deadline=None)
 @given(value=json_values)
-def test_fast_path_agrees_with_jsonschema(name: str, value: Any) -> None:
-    assert schemas.is_valid(value, name) == REFERENCES[name].is_valid(value)
+def test_jsonschema_rs_agrees_with_jsonschema(name: str, value: Any) -> None:
+    assert fast(name).is_valid(value) == REFERENCES[name].is_valid(value)
 
 
-def test_fast_path_agrees_on_flows_near_valid() -> None:
+@pytest.mark.parametrize("name", schemas.schema_names())
+def test_jsonschema_rs_agrees_with_jsonschema_on_sample_documents(name: str) -> None:
+    assert len(SAMPLES) >= 15
+    for label, value in SAMPLES:
+        assert fast(name).is_valid(value) == REFERENCES[name].is_valid(value), label
+
+
+def test_jsonschema_rs_agrees_on_flows_near_valid() -> None:
     base = load(MINIMAL.encode(), "x.yaml").value
     variants: list[Any] = [base, {**base, "tasks": []}, {**base, "tasks": [{"id": "a"}]}]
     variants += [{**base, "tasks": [{"id": "a", "type": t}]} for t in (
         "io.kestra.plugin.core.debug.Return", "io.kestra.plugin.core.flow.Sequential", 5, None)]
+    name = "flow.schema.json"
     for value in variants:
-        assert schemas.is_valid(value, "flow") == REFERENCES["flow.schema.json"].is_valid(value)
+        assert fast(name).is_valid(value) == REFERENCES[name].is_valid(value)
 
 
-SMALL_SCHEMAS: list[dict[str, Any]] = [
-    {"type": "integer", "minimum": 1, "exclusiveMaximum": 5},
-    {"enum": [1, "a", True, None, [1]]},
-    {"const": {"a": [1, 2]}},
-    {"type": ["string", "null"], "minLength": 2, "maxLength": 3, "pattern": "^x"},
-    {"type": "array", "items": {"type": "number"}, "minItems": 1, "maxItems": 2,
-     "uniqueItems": True},
-    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
-     "patternProperties": {"^x": {"type": "integer"}}, "additionalProperties": False},
-    {"additionalProperties": {"type": "boolean"}, "propertyNames": {"maxLength": 2},
-     "minProperties": 1, "maxProperties": 2},
-    {"anyOf": [{"type": "integer"}, {"type": "object"}], "not": {"const": 2}},
-    {"oneOf": [{"type": "number"}, {"type": "integer"}]},
-    {"if": {"required": ["a"]}, "then": {"required": ["b"]}, "else": {"type": "array"}},
-    {"allOf": [
-        {"if": {"properties": {"k": {"const": "A"}}, "required": ["k"]}, "then": {"required": ["a"]}},
-        {"if": {"properties": {"k": {"enum": ["B", "C"]}}, "required": ["k"]},
-         "then": {"required": ["b"]}},
-        {"type": "object"},
-    ]},
-    {"$ref": "#/$defs/node", "$defs": {"node": {
-        "type": "object", "properties": {"k": {"type": "string"}, "a": {"$ref": "#/$defs/node"}},
-    }}},
-]
-small_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-1, 6) | st.sampled_from([1.0, 2.5, "", "x", "xy", "A", "B"]),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.sampled_from(["a", "b", "k", "xa", "abc"]), children, max_size=3),
-    max_leaves=10,
-)
+def _node_paths(value: Any, path: tuple[Key, ...] = ()) -> Iterator[tuple[Key, ...]]:
+    yield path
+    if isinstance(value, list):
+        value = dict(enumerate(value))
+    for key, item in value.items() if isinstance(value, dict) else ():
+        yield from _node_paths(item, (*path, key))
 
 
-@pytest.mark.parametrize("schema", SMALL_SCHEMAS, ids=lambda s: next(iter(s)))
+def _at(value: Any, path: tuple[Key, ...]) -> Any:
+    for key in path:
+        value = value[key]
+    return value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _replaced(value: Any, path: tuple[Key, ...], new: Any) -> Any:
+    if not path:
+        return new
+    copy = dict(value) if isinstance(value, dict) else list(value)
+    copy[path[0]] = _replaced(value[path[0]], path[1:], new)  # type: ignore[index]
+    return copy
+
+
+VALID_SAMPLES = {
+    name: [v for _, v in SAMPLES if ref.is_valid(v)] for name, ref in REFERENCES.items()
+}
+
+
+@pytest.mark.parametrize("name", schemas.schema_names())
 @settings(max_examples=200, deadline=None)
-@given(value=small_values)
-def test_compiled_keywords_agree_with_jsonschema(schema: dict[str, Any], value: Any) -> None:
-    compiled = schemas.compile_check(schema)
-    assert compiled is not None
-    assert compiled(value) == Draft202012Validator(schema).is_valid(value)
+@given(data=st.data())
+def test_is_valid_agrees_with_jsonschema_on_infinities_nan_and_huge_integers(
+    name: str, data: st.DataObject,
+) -> None:
+    """A valid sample document with one node replaced by odd numbers: jsonschema-rs alone
+    would misjudge infinities and NaN."""
+    assert VALID_SAMPLES[name], f"no valid sample document for {name}"
+    base = data.draw(st.sampled_from(VALID_SAMPLES[name]))
+    paths = list(_node_paths(base))
+    numbers = [p for p in paths if _is_number(_at(base, p))]  # where a schema accepts numbers
+    where = (st.sampled_from(paths) | st.sampled_from(numbers)) if numbers else st.sampled_from(paths)
+    value = _replaced(base, data.draw(where), data.draw(odd_numbers | odd_values))
+    assert schemas.is_valid(value, name) == REFERENCES[name].is_valid(value)
 
 
-@pytest.mark.parametrize("schema", [
-    {"prefixItems": [{"type": "string"}]},
-    {"unevaluatedProperties": False},
-    {"$ref": "#anchor"},
-    {"$ref": "other.json#/x"},
-    {"properties": {"a": {"$id": "urn:x", "type": "string"}}},
-    {"type": "integer", "multipleOf": 2},
-])
-def test_unsupported_keywords_have_no_fast_path(schema: dict[str, Any]) -> None:
-    assert schemas.compile_check(schema) is None
+def test_labels_may_be_infinite_or_nan_like_any_number() -> None:
+    # jsonschema-rs alone takes .inf and .nan for non-numbers, and would reject these labels
+    labels = "labels: {tier: .inf, ratio: .nan, huge: 1e400, big: 1" + "0" * 30 + "}\n"
+    assert check(MINIMAL + labels) == []
+
+
+def test_an_infinite_percentage_is_above_the_maximum() -> None:
+    text = "version: 1\ninstances:\n  prod:\n    branch: main\n    prune: {maxDeletePercent: .inf}\n"
+    diags = schemas.validate(load(text.encode(), "headwater.yaml"), "headwater")
+    assert [(d.code, d.line) for d in diags] == [("schema.maximum", 5)]
+
+
+def _deep(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _circular() -> dict[str, Any]:
+    value: dict[str, Any] = {"id": "a"}
+    value["tasks"] = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [
+    {1: "a"},  # jsonschema-rs raises on keys that are not strings
+    {"labels": {"a": datetime.date(2024, 1, 1)}},  # jsonschema-rs raises on types beyond JSON
+    {"labels": [{"key": "a", "value": {1, 2}}]},
+    _deep(100_000),  # jsonschema-rs can overflow its stack on nesting this deep
+    _circular(),
+], ids=["int-key", "date", "set", "deep", "circular"])
+@pytest.mark.parametrize("name", schemas.schema_names())
+def test_values_beyond_json_get_the_verdict_of_jsonschema(name: str, value: Any) -> None:
+    try:
+        expected = REFERENCES[name].is_valid(value)
+    except RecursionError:
+        with pytest.raises(RecursionError):
+            schemas.is_valid(value, name)
+        return
+    assert schemas.is_valid(value, name) == expected
+
+
+def test_where_jsonschema_alone_would_accept_a_pattern_jsonschema_rs_explains() -> None:
+    # JSON Schema patterns are ECMA-262; Python's `$` also matches before a final newline
+    text = MINIMAL.replace("id: hello", 'id: "hello\\n"')
+    assert REFERENCES["flow.schema.json"].is_valid(load(text.encode(), "x.yaml").value)
+    (diag,) = check(text)
+    assert (diag.code, diag.line, diag.column) == ("schema.pattern", 1, 1)
+    assert diag.message.startswith("id: ")
+
+
+@pytest.fixture
+def schema_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty schema folder in place of the packaged one, with every cache emptied."""
+    caches = [schemas._load, schemas._resources, schemas._registry, schemas._validator,
+              schemas._fast_validator]
+    for cache in caches:
+        cache.cache_clear()
+    monkeypatch.setattr(schemas, "SCHEMA_DIR", tmp_path)
+    yield tmp_path
+    for cache in caches:
+        cache.cache_clear()
+
+
+def test_schemas_refer_to_each_other_by_file_name_with_or_without_id(schema_folder: Path) -> None:
+    dialect = "https://json-schema.org/draft/2020-12/schema"
+    (schema_folder / "a.schema.json").write_text(json.dumps({
+        "$schema": dialect, "$id": "https://example.test/s/a.schema.json",
+        "$defs": {"small": {"type": "integer", "maximum": 3}},
+        "properties": {"b": {"$ref": "b.schema.json"}},
+    }))
+    (schema_folder / "b.schema.json").write_text(json.dumps({  # no $id
+        "$schema": dialect, "type": "object",
+        "properties": {"n": {"$ref": "a.schema.json#/$defs/small"}, "a": {"$ref": "a.schema.json"}},
+    }))
+    values = [{"b": {"n": 2}}, {"b": {"n": 4}}, {"b": {"a": {"b": {"n": 9}}}}, {"b": 1}, {"n": 4}]
+    for name in ("a.schema.json", "b.schema.json"):
+        verdicts = [schemas.is_valid(value, name) for value in values]
+        assert verdicts == [reference(name).is_valid(value) for value in values]
+        assert [fast(name).is_valid(value) for value in values] == verdicts
+    assert [schemas.is_valid(v, "a") for v in values] == [True, False, False, False, True]
 
 
 def test_format_path() -> None:
