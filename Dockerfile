@@ -5,7 +5,7 @@
 FROM python:3.12-slim
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates \
+    && apt-get install -y --no-install-recommends git ca-certificates openssh-client \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/headwater --create-home headwater
 
@@ -13,16 +13,24 @@ WORKDIR /opt/headwater
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY src ./src
+# package-data "data/*" matches files only, so the schemas directory is copied in explicitly.
 RUN rm -f src/headwater/data/schemas && cp -r schemas src/headwater/data/schemas \
     && pip install --no-cache-dir . \
+    && pkg="$(python -c 'import headwater, os; print(os.path.dirname(headwater.__file__))')" \
+    && mkdir -p "$pkg/data/schemas" && cp schemas/*.json "$pkg/data/schemas/" \
+    && python -c "from headwater.schemas import SCHEMA_DIR as d; assert (d / 'flow.schema.json').is_file(), d" \
     && rm -rf /root/.cache
 
 USER headwater
 ENV HEADWATER_STATE_DIR=/var/lib/headwater \
-    HEADWATER_WEBHOOK_LISTEN=0.0.0.0:9000
+    HEADWATER_WEBHOOK_LISTEN=0.0.0.0:9000 \
+    PYTHONUNBUFFERED=1
 VOLUME ["/var/lib/headwater"]
 EXPOSE 9000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
     CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9000/healthz', timeout=4).status == 200 else 1)"
+# SIGTERM lets the apply in flight finish, then exits 0; give long applies time to finish
+# (docker stop -t, compose stop_grace_period, Kubernetes terminationGracePeriodSeconds).
+STOPSIGNAL SIGTERM
 ENTRYPOINT ["headwater", "daemon"]
 CMD ["--config", "/etc/headwater/daemon.yaml"]

@@ -234,7 +234,8 @@ class FastImport:
         self.out.write(b"\ndone\n")
         self.out.close()
         assert self.proc.stderr is not None
-        err = self.proc.stderr.read()
+        with self.proc.stderr:
+            err = self.proc.stderr.read()
         if self.proc.wait() != 0:
             raise RuntimeError(f"git fast-import failed: {err.decode(errors='replace')}")
 
@@ -304,7 +305,7 @@ def _tenant_tree(rng: random.Random, tenant: str, count: int) -> list[Namespace]
 
     def add(parent: Namespace | None) -> None:
         taken = names.setdefault(parent, set())
-        word = rng.choice(WORDS)
+        word = rng.choice([w for w in WORDS if parent is None or w != parent.segments[-1]])
         segment, n = word, 1
         while segment in taken:
             n += 1
@@ -399,7 +400,7 @@ def _file_content(rng: random.Random, ns: Namespace, path: str) -> bytes:
                       f"    # {rng.choice(VERBS)} the {rng.choice(NOUNS)}",
                       "    return [r for r in rows if r.get('score', 0) > "
                       f"{rng.random():.3f}][:limit]", ""]
-        lines += ["if __name__ == '__main__':", f"    print(json.dumps(step_0([{{'score': 1}}])))"]
+        lines += ["if __name__ == '__main__':", "    print(json.dumps(step_0([{'score': 1}])))"]
         return ("\n".join(lines) + "\n").encode()
     if path.endswith(".sql"):
         table = f"{rng.choice(NOUNS)}_{rng.randrange(1000)}"

@@ -72,7 +72,7 @@ def hashes(s: State) -> dict[ResourceKey, str]:
 
 def debris(root: Path) -> list[str]:
     found = [p.name for p in root.iterdir() if ".tmp-" in p.name]
-    for sub in ("revisions", "objects"):
+    for sub in ("revisions", "objects", "spaces"):
         if (root / sub).is_dir():
             found += [f"{sub}/{p.name}" for p in (root / sub).iterdir() if ".tmp-" in p.name]
     return found
@@ -128,9 +128,13 @@ def test_materialisation_layout(root: Path, target: LocalTarget) -> None:
     assert stat.S_IMODE((ns / "flows" / "hello.yaml").stat().st_mode) == 0o444
     manifest = json.loads((root / "current" / ".manifest.json").read_bytes())
     assert manifest["revision"] == "aaa111"
-    assert {(r["kind"], r["name"]) for r in manifest["resources"]} == {
-        (k.kind, k.name) for k in sample()
-    }
+    # each namespace folder is a link to its space: one namespace at one content, shared by
+    # every revision where the namespace holds the same resources
+    assert [row[:2] for row in manifest["namespaces"]] == [["acme", "company"], ["acme", "company.team"]]
+    for tenant, namespace, space, _digest in manifest["namespaces"]:
+        link = root / "current" / tenant / namespace
+        assert os.readlink(link) == f"../../../spaces/{space}/tree"
+        assert link.resolve() == (root / "spaces" / space / "tree").resolve()
     assert target.manifest() == hashes(sample())
 
 
@@ -629,3 +633,64 @@ def test_sigkill_at_random_instants_leaves_old_or_new(tmp_path: Path) -> None:
     with StateStore(db) as store:
         assert store.get("dev").applied_revision == old
         assert store.lock_holder("dev") is None
+
+
+# -- namespace folders shared between revisions --------------------------------------------------
+
+
+def spaces(root: Path) -> set[str]:
+    return {p.name for p in (root / "spaces").iterdir()}
+
+
+def test_unchanged_namespaces_are_shared_with_the_previous_revision(
+    root: Path, target: LocalTarget
+) -> None:
+    first = sample()
+    target.apply("r1", first, SECRETS)
+    before = spaces(root)
+    flow = res("flow", "child", b"id: child\nnamespace: company.team\n# v2\n", ns="company.team")
+    target.apply("r2", {**first, flow.key: flow}, SECRETS)
+    assert len(spaces(root) - before) == 1  # only company.team was written again
+    r1, r2 = root / "revisions/r1/acme", root / "revisions/r2/acme"
+    assert os.readlink(r1 / "company") == os.readlink(r2 / "company")
+    assert os.readlink(r1 / "company.team") != os.readlink(r2 / "company.team")
+    assert (r1 / "company.team/flows/child.yaml").read_bytes() == b"id: child\nnamespace: company.team\n"
+    assert hashes(target.inventory()) == hashes({**first, flow.key: flow})
+
+
+def test_a_namespace_changed_by_hand_is_not_shared(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(), SECRETS)
+    (root / "current/acme/company/files/extra.txt").write_bytes(b"by hand\n")
+    target.apply("r2", sample(), SECRETS)
+    assert not (root / "current/acme/company/files/extra.txt").exists()
+    assert (root / "previous/acme/company/files/extra.txt").exists()
+    assert os.readlink(root / "previous/acme/company.team") == os.readlink(
+        root / "current/acme/company.team"
+    )
+    assert hashes(target.inventory()) == hashes(sample())
+
+
+def test_a_namespace_link_replaced_by_hand_is_not_followed(
+    tmp_path: Path, root: Path, target: LocalTarget
+) -> None:
+    target.apply("r1", sample(), SECRETS)
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "flows").mkdir(parents=True)
+    (elsewhere / "flows/hello.yaml").write_bytes(FLOW)
+    link = root / "current/acme/company"
+    link.unlink()
+    link.symlink_to(elsewhere)
+    inventory = target.inventory()
+    assert not any(k.namespace == "company" for k in inventory)
+    assert target.read(ResourceKey("acme", "company", "flow", "hello")) is None
+    target.apply("r2", sample(), SECRETS)
+    assert hashes(target.inventory()) == hashes(sample())
+
+
+def test_spaces_no_revision_uses_are_collected(root: Path) -> None:
+    target = LocalTarget(root, keep=1, durable=False)
+    for i in range(4):
+        target.apply(f"r{i}", sample(i), SECRETS)
+    used = {os.readlink(p).split("/")[4] for d in ("current", "previous")
+            for p in (root / d / "acme").iterdir()}
+    assert spaces(root) == used

@@ -6,6 +6,7 @@ secret providers are built from the settings, so the CLI and the daemon share on
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import socket
@@ -17,7 +18,7 @@ from typing import Any
 from headwater import plan as planning
 from headwater import snapshot
 from headwater.cache import ResultCache
-from headwater.errors import Diagnostic, HeadwaterError, PlanRefused, ValidationFailed
+from headwater.errors import Diagnostic, HeadwaterError, PlanRefused, StateError, ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.resources import Resource, ResourceKey, State, content_hash, is_binary, secret_hash
 from headwater.secrets import (
@@ -72,7 +73,13 @@ class Engine:
     def __init__(self, repo: GitRepo, settings: Settings, store: StateStore | None = None) -> None:
         self.repo = repo
         self.settings = settings
-        settings.state_path.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.state_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. the state directory is a file
+            raise StateError(
+                f"cannot use {settings.state_path} as the state directory: {exc.strerror}",
+                hint="give --state-dir (or state_dir in --config) a directory path",
+            ) from None
         self.store = store if store is not None else StateStore(settings.state_path / "state.db")
         self._owns_store = store is None
         self.hash_key = load_or_create_hash_key(settings.state_path)
@@ -195,7 +202,8 @@ class Engine:
         managed = self.store.inventory(instance)
         current = target.current_revision()
         result = planning.compute(
-            desired.state, _with_content(actual, target), instance=instance, revision=snap.revision,
+            desired.state, _with_content(actual, target, desired.state), instance=instance,
+            revision=snap.revision,
             base=current, managed=managed, calls=desired.calls,
         )
         return PlanResult(result, desired, snap)
@@ -241,17 +249,25 @@ class Engine:
             actual = target.inventory()
             managed = self.store.inventory(instance)
             result = planning.compute(
-                desired.state, _with_content(actual, target), instance=instance,
+                desired.state, _with_content(actual, target, desired.state), instance=instance,
                 revision=snap.revision, base=target.current_revision(), managed=managed,
                 calls=desired.calls,
             )
             if saved is not None:
                 _check_saved(saved, result)
-            planning.guard_prune(result, len(managed), spec.max_delete_percent, allow_mass_delete)
+            try:
+                planning.guard_prune(result, len(managed), spec.max_delete_percent, allow_mass_delete)
+            except PlanRefused as exc:
+                # A refused commit is an attempt that failed: status (and the daemon) say why.
+                self.store.record_failure(instance, snap.revision, [{
+                    "path": "", "line": None, "column": None, "code": "prune.refused",
+                    "severity": "error", "message": exc.message, "hint": exc.hint, "related": [],
+                }])
+                raise
             if confirm is not None and not confirm(result):
                 raise PlanRefused("apply cancelled", hint="nothing was changed")
             summary = {**result.summary(), "action": action}
-            self.store.begin_apply(instance, snap.revision, trigger=trigger, summary=summary)
+            self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             try:
                 target.apply(snap.revision, desired.state, desired.secrets)
             except BaseException as exc:
@@ -270,6 +286,20 @@ class Engine:
         current = target.current_revision()
         manifest = target.manifest(current) if current is not None else None
         return self.store.reconcile(instance, current, manifest)
+
+    def reconcile_if_idle(self, instance: str) -> str | None:
+        """``reconcile`` unless an apply holds the instance's lock (None then: it is under way).
+
+        A read such as ``status`` calls this so that, after a crash, it reports what the target
+        holds rather than an apply that died; the lock of a dead process is taken over.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.store.lock(instance, "status", ttl=60.0))
+            except StateError:
+                return None
+            return self.reconcile(instance)
+        return None  # pragma: no cover  (mypy: ExitStack may swallow exceptions)
 
     def drift(self, instance: str) -> list[ResourceKey]:
         """Managed resources whose content on the target differs from what was applied."""
@@ -292,10 +322,15 @@ def ns_source(snap: snapshot.Snapshot, tenant: str, namespace: str) -> str:
     return f"{tenant}/{namespace} config"
 
 
-def _with_content(actual: State, target: LocalTarget) -> State:
-    """The actual state with text content loaded, so plans can show diffs against it."""
+def _with_content(actual: State, target: LocalTarget, desired: State) -> State:
+    """The actual state with content loaded where a plan shows a diff: resources it updates or
+    deletes. Unchanged resources (most of them) are never read back."""
     result: State = {}
     for key, res in actual.items():
+        want = desired.get(key)
+        if want is not None and want.hash == res.hash:
+            result[key] = res
+            continue
         if res.content is None and key.kind != "secret":
             data = target.read(key)
             res = Resource(key, res.hash, data, is_binary(data) if data is not None else res.binary, res.source)
@@ -357,6 +392,11 @@ def read_plan_file(path: str) -> planning.Plan:
     except json.JSONDecodeError as exc:
         raise HeadwaterError(
             f"{path}:{exc.lineno}: not a plan file ({exc.msg})",
+            hint="give a file written by `headwater plan --out FILE`",
+        ) from None
+    except UnicodeDecodeError:
+        raise HeadwaterError(
+            f"{path}: not a plan file (not UTF-8 text)",
             hint="give a file written by `headwater plan --out FILE`",
         ) from None
     if not isinstance(data, Mapping):

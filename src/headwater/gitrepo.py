@@ -194,6 +194,183 @@ class GitRepo:
             for i in range(0, len(fields) - 1, 2)
         ]
 
+    # -- writing: trees, commits, branches (promotion and `rollback --git`) ------------------
+    # Objects are written without a working copy; refs only move by compare-and-swap.
+
+    def _run_env(self, args: Sequence[str], stdin: bytes | None, extra: dict[str, str]) -> bytes:
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), *args],
+            input=stdin, capture_output=True, env={**_git_env(), **extra}, check=False,
+        )
+        if proc.returncode != 0:
+            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"git {args[0]} failed: {message[-1] if message else proc.returncode}")
+        return proc.stdout
+
+    def ref(self, name: str) -> str | None:
+        """The commit a full ref name (``refs/heads/main``) points at, or None."""
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "rev-parse", "--verify", "--quiet",
+             "--end-of-options", name + "^{commit}"],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode != 0:
+            return None
+        return proc.stdout.decode().strip() or None
+
+    def tree_of(self, rev: str) -> str:
+        return self._run(["rev-parse", "--verify", self.resolve(rev) + "^{tree}"]).decode().strip()
+
+    def write_tree(self, base_tree: str, changes: dict[str, tuple[str, str] | None]) -> str:
+        """``base_tree`` with ``changes`` applied (path → (mode, blob id), None removes it).
+
+        Built in a temporary index, so neither the repository's index nor a working copy is
+        touched; returns the new tree's id.
+        """
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="headwater-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._run_env(["read-tree", base_tree], None, env)
+            records = b"".join(
+                (f"{entry[0]} {entry[1]}" if entry else "0 " + ZERO_OID).encode()
+                + b"\t" + path.encode("utf-8", "surrogateescape") + b"\0"
+                for path, entry in sorted(changes.items())
+            )
+            if records:
+                self._run_env(["update-index", "-z", "--index-info"], records, env)
+            return self._run_env(["write-tree"], None, env).decode().strip()
+
+    def index_tree(self) -> str:
+        """The tree of the repository's index (what `git commit` would record)."""
+        return self._run(["write-tree"]).decode().strip()
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits, or None for unrelated histories."""
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "merge-base", self.resolve(a), self.resolve(b)],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode != 0:
+            return None
+        return proc.stdout.decode().strip() or None
+
+    def merge_trees(self, ours: str, theirs: str) -> tuple[str, list[str]]:
+        """A three-way merge of two commits without a working copy: (tree, conflicted paths)."""
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "merge-tree", "--write-tree", "--name-only",
+             "--no-messages", "-z", self.resolve(ours), self.resolve(theirs)],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode not in (0, 1):
+            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"git merge-tree failed: {message[-1] if message else proc.returncode}")
+        fields = proc.stdout.split(b"\0")
+        conflicts = [f.decode("utf-8", "backslashreplace") for f in fields[1:] if f]
+        return fields[0].decode().strip(), sorted(set(conflicts)) if proc.returncode == 1 else []
+
+    def commit_tree(
+        self, tree: str, parents: Sequence[str], message: str, *, scratch: bool = False
+    ) -> str:
+        """A commit object; no ref moves. Author and committer come from git's configuration,
+        or, for a ``scratch`` commit that only exists to be read back (a merge preview), are
+        Headwater's own, so CI without a git identity can make one."""
+        args = ["commit-tree", tree]
+        for parent in parents:
+            args += ["-p", parent]
+        env = {}
+        if scratch:
+            for role in ("AUTHOR", "COMMITTER"):
+                env[f"GIT_{role}_NAME"] = "headwater"
+                env[f"GIT_{role}_EMAIL"] = "headwater@localhost"
+        try:
+            out = self._run_env([*args, "-F", "-"], message.encode("utf-8"), env)
+        except GitError as exc:
+            if "identity" in exc.message or "email" in exc.message:
+                raise GitError(
+                    exc.message,
+                    hint="set a git identity: git config user.name NAME; "
+                    "git config user.email EMAIL",
+                ) from None
+            raise
+        return out.decode().strip()
+
+    def update_ref(self, ref: str, new: str, old: str | None, reason: str) -> None:
+        """Compare-and-swap: point ``ref`` at ``new`` only while it is still at ``old``.
+
+        ``old`` None means the ref must not exist yet. Raises RefMoved when it moved.
+        """
+        try:
+            self._run(["update-ref", "-m", reason, ref, new, old or ZERO_OID])
+        except GitError:
+            current = self.ref(ref)
+            if current != old:
+                raise RefMoved(ref, old, current) from None
+            raise
+
+    def delete_ref(self, ref: str, old: str) -> None:
+        """Delete ``ref`` only while it is still at ``old``."""
+        try:
+            self._run(["update-ref", "-d", ref, old])
+        except GitError:
+            raise RefMoved(ref, old, self.ref(ref)) from None
+
+    def checked_out(self) -> dict[str, str]:
+        """Branches checked out in a working tree of this repository: full ref → folder."""
+        out = self._run(["worktree", "list", "--porcelain", "-z"])
+        result: dict[str, str] = {}
+        folder = ""
+        for field in out.decode("utf-8", "replace").split("\0"):
+            key, _, value = field.partition(" ")
+            if key == "worktree":
+                folder = value
+            elif key == "branch":
+                result[value] = folder
+        return result
+
+    def push(self, remote: str, refspecs: Sequence[str], leases: dict[str, str] | None = None) -> None:
+        """Push without forcing: a remote branch that moved refuses the push (GitError).
+
+        ``leases`` (remote ref → expected id) allow replacing a ref only while it holds that
+        id (``--force-with-lease``).
+        """
+        if not remote or remote.startswith("-") or "::" in remote:
+            raise GitError(
+                f"refusing to push to {remote!r}",
+                hint="give a remote name or a file://, ssh:// or https:// URL",
+            )
+        leases_args = [f"--force-with-lease={ref}:{oid}" for ref, oid in (leases or {}).items()]
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "push", "--porcelain", *leases_args,
+             "--", remote, *refspecs],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode != 0:
+            lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
+            rejected = [ln.split("\t")[-1].strip() for ln in lines if ln.startswith("!")]
+            detail = rejected[0] if rejected else (lines[-1] if lines else f"exit {proc.returncode}")
+            raise GitError(
+                f"git push to {remote} was refused: {detail}",
+                hint="the remote branch may have moved: fetch, then run the command again",
+            )
+
+
+ZERO_OID = "0" * 40
+
+
+class RefMoved(GitError):
+    """A compare-and-swap ref update found the ref elsewhere than expected."""
+
+    def __init__(self, ref: str, expected: str | None, actual: str | None) -> None:
+        def show(oid: str | None) -> str:
+            return oid[:12] if oid else "(absent)"
+
+        super().__init__(
+            f"{ref} moved: expected {show(expected)}, found {show(actual)}",
+            hint="someone updated it meanwhile; nothing was overwritten — run the command again",
+        )
+        self.ref, self.expected, self.actual = ref, expected, actual
+
 
 def _batch_reader(stream: object, count: int) -> Iterator[tuple[str, bytes]]:
     from typing import BinaryIO, cast
@@ -210,3 +387,95 @@ def _batch_reader(stream: object, count: int) -> Iterator[tuple[str, bytes]]:
         data = out.read(size)
         out.read(1)  # the newline after the content
         yield oid, data
+
+
+# -- remotes and mirrors (the sync daemon) -------------------------------------------------------
+# The caller checks the URL (headwater.daemon.mirror refuses ext:: and option-like URLs) and
+# passes credentials through ``env`` (a credential helper reading an environment variable), so
+# no secret is ever on a command line.
+
+
+@dataclass(frozen=True)
+class RemoteHeads:
+    """What a remote advertises: its default branch (when it says) and its branch heads."""
+
+    default_branch: str | None
+    heads: dict[str, str]
+
+
+def _remote_run(
+    args: Sequence[str], *, env: dict[str, str], timeout: float, git_dir: Path | None = None
+) -> bytes:
+    cmd = ["git"] if git_dir is None else ["git", "--git-dir", str(git_dir)]
+    try:
+        proc = subprocess.run(
+            [*cmd, *args], stdin=subprocess.DEVNULL, capture_output=True,
+            env={**_git_env(), **env}, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(
+            f"git {args[0]} timed out after {timeout:g}s",
+            hint="check the network path to the remote, or raise repository.timeout",
+        ) from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        first = next((i for i, ln in enumerate(lines) if ln.startswith(("fatal:", "error:"))), None)
+        detail = " ".join(ln.strip() for ln in lines[first:]) if first is not None else ""
+        detail = detail or (lines[-1].strip() if lines else f"exit {proc.returncode}")
+        raise GitError(f"git {args[0]} failed: {detail[:400]}")
+    return proc.stdout
+
+
+def ls_remote(url: str, *, env: dict[str, str], timeout: float) -> RemoteHeads:
+    """The branch heads of a remote and the branch its HEAD names, in one connection."""
+    out = _remote_run(
+        ["ls-remote", "--symref", "--", url, "HEAD", "refs/heads/*"], env=env, timeout=timeout
+    )
+    default: str | None = None
+    heads: dict[str, str] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        left, _, name = line.partition("\t")
+        if left.startswith("ref: ") and name == "HEAD":
+            target = left[5:]
+            if target.startswith("refs/heads/"):
+                default = target[len("refs/heads/"):]
+        elif name.startswith("refs/heads/"):
+            heads[name[len("refs/heads/"):]] = left
+    return RemoteHeads(default, heads)
+
+
+def init_bare(path: Path) -> None:
+    """Create an empty bare repository (a mirror) at ``path``."""
+    _remote_run(["init", "--bare", "--quiet", "--", str(path)], env={}, timeout=60.0)
+
+
+def fetch(git_dir: Path, url: str, refspecs: Sequence[str], *, env: dict[str, str], timeout: float) -> None:
+    """Fetch exactly ``refspecs`` from ``url`` into ``git_dir``, all refs or none."""
+    _remote_run(
+        ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--no-write-fetch-head",
+         "--atomic", "--", url, *refspecs],
+        env=env, timeout=timeout, git_dir=git_dir,
+    )
+
+
+def check_integrity(git_dir: Path, *, timeout: float = 300.0) -> str | None:
+    """None when every ref's history is present and readable, else git's complaint."""
+    try:
+        _remote_run(
+            ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
+            env={}, timeout=timeout, git_dir=git_dir,
+        )
+    except GitError as exc:
+        return exc.message
+    return None
+
+
+def read_path(repo: GitRepo, rev: str, path: str) -> bytes | None:
+    """The content of one file of a commit's tree, or None when the commit has no such file."""
+    out = repo._run(["ls-tree", "-z", "--full-tree", repo.resolve(rev), "--", path])
+    record = out.split(b"\0")[0]
+    meta, _, _name = record.partition(b"\t")
+    parts = meta.split()
+    if len(parts) != 3 or parts[1] != b"blob":
+        return None
+    return repo.read_blob(parts[2].decode())

@@ -31,6 +31,7 @@ class TargetSettings(_Model):
 class InstanceSettings(_Model):
     target: TargetSettings = TargetSettings()
     selfHeal: bool | None = None
+    branch: str | None = None  # daemon: overrides the branch headwater.yaml names
 
 
 class AuthSettings(_Model):
@@ -41,6 +42,14 @@ class AuthSettings(_Model):
 class RepositorySettings(_Model):
     url: str | None = None
     auth: AuthSettings = AuthSettings()
+    config_branch: str | None = None  # daemon: whose headwater.yaml maps instances to branches
+    watch: bool = True  # daemon: watch a local-path repository for new commits
+    timeout: float = Field(default=120.0, gt=0)  # daemon: limit of one git fetch
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _seconds(value)
 
 
 class SecretsSettings(_Model):
@@ -73,6 +82,18 @@ class WebhookSettings(_Model):
     status_token_env: str | None = None
 
 
+class BackoffSettings(_Model):
+    """Daemon retries after a transient failure: initial, doubled up to max."""
+
+    initial: float = Field(default=2.0, gt=0)
+    max: float = Field(default=300.0, gt=0)
+
+    @field_validator("initial", "max", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return _seconds(value)
+
+
 class Settings(_Model):
     state_dir: str = DEFAULT_STATE_DIR
     repository: RepositorySettings = RepositorySettings()
@@ -81,8 +102,11 @@ class Settings(_Model):
     poll: PollSettings = PollSettings()
     webhook: WebhookSettings = WebhookSettings()
     drift_interval: float = 300.0
+    min_interval: float = Field(default=1.0, ge=0)  # daemon: least time between two fetches
+    backoff: BackoffSettings = BackoffSettings()
+    log_format: Literal["text", "json"] = "text"
 
-    @field_validator("drift_interval", mode="before")
+    @field_validator("drift_interval", "min_interval", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
         return _seconds(value)

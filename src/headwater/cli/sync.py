@@ -14,7 +14,7 @@ from headwater import render, settings
 from headwater.cli import output
 from headwater.cli.validate import open_repo, repo_option
 from headwater.engine import Engine, PlanResult, read_plan_file, status_of
-from headwater.errors import HeadwaterError
+from headwater.errors import HeadwaterError, PlanRefused
 from headwater.gitrepo import GitRepo
 from headwater.plan import Plan
 from headwater.snapshot import load as load_snapshot
@@ -56,6 +56,9 @@ def default_rev(repo: GitRepo, instance: str) -> str:
 
 
 def warn_missing_secrets(result: PlanResult) -> None:
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and (ctx.find_root().obj or {}).get("quiet"):
+        return  # -q: only errors
     for key in result.desired.missing_secrets:
         click.echo(
             f"warning: secret {key.name} of {key.tenant}/{key.namespace} has no value in the secret "
@@ -102,7 +105,10 @@ def plan(
             result = engine.plan(instance, rev or default_rev(engine.repo, instance))
     warn_missing_secrets(result)
     if out_file:
-        Path(out_file).write_text(render.plan_json(result.plan) + "\n", "utf-8")
+        try:
+            Path(out_file).write_text(render.plan_json(result.plan) + "\n", "utf-8")
+        except OSError as exc:
+            raise HeadwaterError(f"cannot write plan file {out_file}: {exc.strerror}") from None
     click.echo(_render(result.plan, fmt, no_color))
     if detailed_exitcode and not result.plan.is_empty:
         sys.exit(2)
@@ -147,6 +153,8 @@ def apply(
 
     with engine_for(repo_path, config_path, state_dir) as engine:
         target_rev = rev or default_rev(engine.repo, instance)
+        if saved is not None:
+            _refuse_if_branch_moved(engine.repo, instance, saved.revision)
         applied = engine.apply(
             instance, target_rev, allow_mass_delete=allow_mass_delete, saved=saved, confirm=confirm,
         )
@@ -161,6 +169,20 @@ def apply(
     )
 
 
+def _refuse_if_branch_moved(repo: GitRepo, instance: str, revision: str) -> None:
+    """A saved plan of a commit its instance's branch has since moved past is stale.
+
+    (A plan of a commit off the branch, made with --rev, is applied as planned.)
+    """
+    head = _branch_head(repo, instance)
+    if head is not None and head != revision and repo.is_ancestor(revision, head):
+        raise PlanRefused(
+            f"the saved plan is stale: the branch of instance {instance} moved from "
+            f"{revision[:12]} to {head[:12]} since the plan was made",
+            hint="run `headwater plan --out FILE` again and review the new plan",
+        )
+
+
 @click.command()
 @repo_option
 @click.option("--instance", help="One instance (default: every instance known to the state store).")
@@ -173,6 +195,7 @@ def status(repo_path: str, instance: str | None, fmt: str, config_path: str | No
         names = [instance] if instance else sorted(set(engine.store.instances()) | _repo_instances(engine.repo))
         bodies = []
         for name in names:
+            engine.reconcile_if_idle(name)  # after a crash, report what the target holds
             body = status_of(engine.store, engine, name)
             branch_head = _branch_head(engine.repo, name)
             body["branch_revision"] = branch_head
@@ -264,15 +287,20 @@ def history(instance: str, limit: int, fmt: str, config_path: str | None, state_
 @instance_option
 @click.option("--to", "to_rev", required=True, help="An earlier applied revision.")
 @click.option("--allow-mass-delete", is_flag=True, help="Allow a rollback that deletes many resources.")
+@click.option("--git", "in_git", is_flag=True,
+              help="Instead: commit the revision's tree on the instance's branch; the next sync applies it.")
+@click.option("--push", "remote", metavar="REMOTE", help="With --git: push the branch to REMOTE.")
 @config_option
 @state_option
 def rollback(
-    repo_path: str, instance: str, to_rev: str, allow_mass_delete: bool, config_path: str | None,
-    state_dir: str | None,
+    repo_path: str, instance: str, to_rev: str, allow_mass_delete: bool, in_git: bool,
+    remote: str | None, config_path: str | None, state_dir: str | None,
 ) -> None:
     """Re-apply an earlier applied revision at once (break-glass).
 
-    The instance is then ahead of (or behind) its branch until the branch catches up.
+    The instance is then ahead of (or behind) its branch until the branch catches up. With
+    --git, nothing is applied: a commit on the instance's branch restores the revision's tree
+    for the instance's paths, so Git stays the source of truth.
     """
     with engine_for(repo_path, config_path, state_dir) as engine:
         sha = engine.repo.resolve(to_rev)
@@ -282,6 +310,12 @@ def rollback(
                 f"{sha[:12]} was never applied to {instance}",
                 hint="`headwater history --instance " + instance + "` lists the revisions you can roll back to",
             )
+        if in_git:
+            from headwater.cli.review import rollback_git
+
+            return rollback_git(engine, instance, sha, remote)
+        if remote:
+            raise click.UsageError("--push goes with --git")
         result = engine.apply(instance, sha, action="rollback", allow_mass_delete=allow_mass_delete)
     click.echo(render.plan_text(result.plan, output.use_color(False)))
     click.echo(f"Rolled {instance} back to {sha[:12]}.")

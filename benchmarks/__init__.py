@@ -1,0 +1,1 @@
+"""Benchmarks: synthetic repositories, floors and the `make bench` runner."""

@@ -1,0 +1,117 @@
+"""The benchmark generator: its repositories validate, its edits are the edits it claims."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from benchmarks import floors, generate, run
+
+TINY = generate.Size("tiny", flows=50, namespaces=12, files=100, tenants=2)
+
+
+def headwater(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "headwater.cli.main", *args],
+        capture_output=True, text=True, cwd=cwd, check=False,
+    )
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> tuple[Path, generate.Manifest]:
+    repo = tmp_path / "repo.git"
+    return repo, generate.generate(repo, TINY, seed=7)
+
+
+def changed_paths(repo: Path, old: str, new: str) -> list[str]:
+    out = generate.git(repo, "diff-tree", "-r", "--name-only", "--no-renames", old, new)
+    return out.split()
+
+
+def test_generated_repository_validates_for_both_instances(tiny: tuple[Path, generate.Manifest], tmp_path: Path) -> None:
+    repo, manifest = tiny
+    result = headwater("validate", "-C", str(repo), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 error(s), 0 warning(s)" in result.stdout
+    assert (manifest.flows, manifest.namespaces, manifest.files) == (50, 12, 100)
+    assert generate.git(repo, "rev-parse", "dev", "main").split() == [manifest.base, manifest.base]
+
+
+def test_generated_repository_has_what_the_benchmarks_need(tiny: tuple[Path, generate.Manifest]) -> None:
+    repo, manifest = tiny
+    paths = generate.git(repo, "ls-tree", "-r", "--name-only", manifest.base).split()
+    flows = [p for p in paths if "/flows/" in p]
+    assert len(flows) == manifest.flows
+    assert sum("/files/" in p for p in paths) == manifest.files
+    assert any(p.endswith("/tenant.yaml") for p in paths)
+    bodies = b"".join(generate.read_blob(repo, manifest.base, p) for p in flows)
+    for needle in (b"read(", b"secret(", generate.SUBFLOW.encode(), b"io.kestra.plugin.core.flow."):
+        assert needle in bodies
+    configs = b"".join(generate.read_blob(repo, manifest.base, p) for p in paths if p.endswith(".yaml") and "/flows/" not in p)
+    for needle in (b"forced: true", b"locked:", b"environments:", b"kv:", b"allowedPlugins:", b"secrets:"):
+        assert needle in configs
+
+
+def test_tree_shape_of_size_s() -> None:
+    tenants, trees = generate.build(generate.SIZES["S"], seed=42)
+    namespaces = [ns for t in tenants for ns in trees[t]]
+    assert len(namespaces) == 100
+    assert sum(len(ns.flows) for ns in namespaces) == 1000
+    assert sum(len(ns.files) for ns in namespaces) == 2000
+    assert max(ns.depth for ns in namespaces) == generate.MAX_DEPTH
+    assert any("." in ns.folder.rsplit("/", 1)[1] for ns in namespaces)  # dotted folder shortcuts
+    assert any(not ns.inherit_files for ns in namespaces)
+
+
+def test_generation_is_deterministic(tmp_path: Path) -> None:
+    first = generate.generate(tmp_path / "a.git", TINY, seed=3)
+    second = generate.generate(tmp_path / "b.git", TINY, seed=3)
+    other = generate.generate(tmp_path / "c.git", TINY, seed=4)
+    assert first.base == second.base
+    assert other.base != first.base
+
+
+def test_one_flow_edit_and_root_config_edit(tiny: tuple[Path, generate.Manifest], tmp_path: Path) -> None:
+    repo, manifest = tiny
+    edited = generate.edit_flow(repo, "dev", manifest.edit_flow)
+    assert changed_paths(repo, manifest.base, edited) == [manifest.edit_flow]
+    assert generate.git(repo, "rev-parse", "dev").strip() == edited
+    rooted = generate.edit_config(repo, "dev", manifest.root_config)
+    assert changed_paths(repo, edited, rooted) == [manifest.root_config]
+
+    result = headwater("validate", "-C", str(repo), "--rev", rooted, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert floors.incremental(str(repo), manifest.base, edited)["blobs"] == 1
+
+    state = ["--state-dir", str(tmp_path / "state")]
+    applied = headwater("apply", "-C", str(repo), "--instance", "dev", "--rev", manifest.base, "--yes", *state, cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    one = headwater("plan", "-C", str(repo), "--instance", "dev", "--rev", edited, "--detailed-exitcode", *state, cwd=tmp_path)
+    assert one.returncode == 2, one.stderr
+    assert "0 to create, 1 to update, 0 to delete" in one.stdout
+    applied = headwater("apply", "-C", str(repo), "--instance", "dev", "--rev", edited, "--yes", *state, cwd=tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    below = headwater("plan", "-C", str(repo), "--instance", "dev", "--rev", rooted, "--detailed-exitcode", *state, cwd=tmp_path)
+    # the root's config and that of every namespace below it, nothing else
+    assert f"0 to create, {manifest.below_root} to update, 0 to delete" in below.stdout
+
+
+def test_cold_floor_reads_every_flow_and_config(tiny: tuple[Path, generate.Manifest]) -> None:
+    repo, manifest = tiny
+    configs = [p for p in generate.git(repo, "ls-tree", "-r", "--name-only", manifest.base).split()
+               if p.endswith(("headwater.yaml", "tenant.yaml", "namespace.yaml"))]
+    assert floors.cold(str(repo), manifest.base)["blobs"] == manifest.flows + len(configs)
+
+
+def test_results_sections_are_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(run, "RESULTS", tmp_path / "RESULTS.md")
+    body = "<!-- size:{0} -->\n## {0} {1}\n<!-- /size:{0} -->"
+    run.write_results({"M": body.format("M", "first")})
+    run.write_results({"S": body.format("S", "first")})
+    run.write_results({"M": body.format("M", "second")})
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert text.startswith("# Benchmark results")
+    assert "## M second" in text and "## M first" not in text
+    assert text.index("## S first") < text.index("## M second")
