@@ -38,8 +38,6 @@ from headwater.snapshot import InstanceSpec, Snapshot
 from headwater.snapshot import load as load_snapshot
 from headwater.state import StateStore
 
-_DURATION = re.compile(r"(\d+)([smhdw])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _BRANCH = re.compile(
     r"^(?!-)(?!.*\.\.)(?!.*//)(?!.*@\{)(?!.*/\.)(?!\.)[A-Za-z0-9._/-]*[A-Za-z0-9_-]$"
 )
@@ -139,18 +137,6 @@ class Rollback:
 
 
 # -- durations and proof -----------------------------------------------------------------------
-
-
-def parse_soak(text: object) -> float:
-    """``30m``, ``1h30m``, ``2w`` → seconds (the schema's duration); a number is seconds."""
-    if text is None:
-        return 0.0
-    if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
-    value = str(text).strip()
-    if not value or _DURATION.sub("", value):
-        raise HeadwaterError(f"invalid duration {value!r}", hint="write it as 30m, 2h or 1h30m")
-    return float(sum(int(n) * _UNITS[u] for n, u in _DURATION.findall(value)))
 
 
 def human(seconds: float) -> str:
@@ -362,14 +348,8 @@ def _source(store: StateStore, repo: GitRepo, instance: str, rev: str | None) ->
 
 
 def _soak(snap: Snapshot, instance: str, spec: InstanceSpec) -> float:
-    """The target's promotion.soak, compound durations (``1h30m``) included."""
-    raw: Any = snap.repo_doc.value if snap.repo_doc is not None else None
-    for key in ("instances", instance, "promotion", "soak"):
-        raw = raw.get(key) if isinstance(raw, dict) else None
-    try:
-        return parse_soak(raw)
-    except HeadwaterError:
-        return spec.soak_seconds  # the schema reports the bad duration
+    """The target's promotion.soak (``30m``, ``1h30m``); a bad value is a schema error."""
+    return spec.soak_seconds
 
 
 def _check_proof(

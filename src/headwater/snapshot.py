@@ -27,20 +27,21 @@ from headwater.rules.references import check_namespace
 
 NAMESPACE_SCHEMA = "namespace.schema.json"
 REPO_SCHEMA = "headwater.schema.json"
-_DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_DURATION = re.compile(r"^(?:\d+[smhdw])+$")
+_PART = re.compile(r"(\d+)([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str | int | float | None) -> float:
-    """``30m`` → 1800.0; numbers are seconds."""
+    """``30m`` → 1800.0, ``1h30m`` → 5400.0 (units s, m, h, d, w); numbers are seconds."""
     if text is None:
         return 0.0
     if isinstance(text, int | float):
         return float(text)
-    match = _DURATION.match(text.strip())
-    if not match:
+    text = text.strip()
+    if not _DURATION.match(text):
         raise ValueError(f"invalid duration {text!r}")
-    return int(match.group(1)) * float(_UNITS[match.group(2)])
+    return sum(int(n) * float(_UNITS[unit]) for n, unit in _PART.findall(text))
 
 
 @dataclass(frozen=True)

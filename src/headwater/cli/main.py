@@ -36,9 +36,9 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 
 def _register() -> None:
-    from headwater.cli import scaffold, sync, validate
+    from headwater.cli import daemon, review, scaffold, sync, validate
 
-    for module in (validate, sync, scaffold, __import__("headwater.cli.review", fromlist=["COMMANDS"]), __import__("headwater.cli.daemon", fromlist=["COMMANDS"])):
+    for module in (validate, sync, review, daemon, scaffold):
         for command in module.COMMANDS:
             cli.add_command(command)
 
