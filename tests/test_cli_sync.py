@@ -53,7 +53,9 @@ def test_plan_right_after_an_apply_has_no_changes(hw: Headwater) -> None:
 
 def test_missing_secret_values_are_warnings_that_quiet_silences(hw: Headwater) -> None:
     loud = hw.plan("dev")
-    assert "warning: secret DB_PASSWORD of acme/company has no value" in loud.err
+    assert "warning: secret DB_PASSWORD of acme/company, acme/company.team" in loud.err
+    warnings = [line for line in loud.err.splitlines() if line.startswith("warning: secret")]
+    assert len(warnings) == 3  # one per secret name (DB_PASSWORD, PAGER_TOKEN, SLACK_WEBHOOK)
     quiet = hw.run("-q", "plan", "-C", str(hw.repo), "--state-dir", str(hw.state), "--instance", "dev")
     assert quiet.code == 0 and quiet.err == "" and "Plan: 41 to create" in quiet.out
 

@@ -60,15 +60,22 @@ def finish(proc: subprocess.Popen[bytes]) -> None:
         proc.stdout.close()
 
 
-def pending_row(db: Path, instance: str) -> tuple[str, str] | None:
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        row = con.execute(
+class Pending:
+    """Reads the store's pending-apply marker through one connection kept open: opening and
+    closing one per poll would make this process the last one out, checkpointing the WAL and
+    removing it under the feet of the process being watched."""
+
+    def __init__(self, db: Path) -> None:
+        self.db = sqlite3.connect(db, timeout=30, isolation_level=None)
+
+    def row(self, instance: str = "dev") -> tuple[str, str] | None:
+        rows = self.db.execute(
             "SELECT revision, action FROM pending WHERE instance = ?", (instance,)
-        ).fetchone()
-    finally:
-        con.close()
-    return None if row is None else (row[0], row[1])
+        ).fetchall()
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def close(self) -> None:
+        self.db.close()
 
 
 # A real `headwater` process whose interpreter has started and imported the CLI, waiting for its
@@ -104,6 +111,12 @@ class Instance:
         self.root = state / "instances" / "dev"
         self.db = state / "state.db"
         self.warm = Warm()
+        self._pending: Pending | None = None
+
+    def pending(self) -> tuple[str, str] | None:
+        if self._pending is None:
+            self._pending = Pending(self.db)
+        return self._pending.row()
 
     def argv(self, command: str, *args: str) -> list[str]:
         return [command, "-C", str(self.repo), "--state-dir", str(self.state), *args]
@@ -125,6 +138,8 @@ class Instance:
         return proc
 
     def close(self) -> None:
+        if self._pending is not None:
+            self._pending.close()
         self.warm.proc.kill()
         self.warm.proc.wait()
         for stream in (self.warm.proc.stdin, self.warm.proc.stdout):
@@ -161,31 +176,43 @@ def test_apply_killed_at_random_instants_leaves_old_or_new(instance: Instance) -
     def other(rev: str) -> str:
         return revs["A"] if rev == revs["B"] else revs["B"]
 
-    # Calibrate on three whole runs: when the pending marker appears (begin_apply), when it goes
-    # (finish_apply; `current` is swapped in between), and when the process ends.
+    # Calibrate on whole runs: how long one takes, and how long its pending marker stays (from
+    # begin_apply to finish_apply: the target write, the swap of `current`, the state writes).
+    # Both are measured again on every run that shows them, so the instants follow the machine.
     current = revs["B"]
-    marks: dict[str, list[float]] = {"begin": [], "finish": [], "exit": []}
+    totals: list[float] = []
+    windows: list[float] = []
+
+    def watch(proc: subprocess.Popen[bytes], delay: float | None, after_begin: float | None) -> bool:
+        """Kill ``proc`` ``delay`` s after its start, or ``after_begin`` s after its pending
+        marker appears; True if it was killed, False if it ended first."""
+        start = time.monotonic()
+        begin: float | None = None
+        gone = False
+        while proc.poll() is None:
+            now = time.monotonic() - start
+            if not gone:
+                marked = instance.pending() is not None
+                if marked and begin is None:
+                    begin = now
+                elif not marked and begin is not None:
+                    windows.append(now - begin)
+                    gone = True
+            if (delay is not None and now >= delay) or (
+                after_begin is not None and begin is not None and now - begin >= after_begin
+            ):
+                proc.send_signal(signal.SIGKILL)
+                finish(proc)  # reaped: a zombie would look like a live lock holder
+                return True
+            time.sleep(0.0005)
+        totals.append(time.monotonic() - start)
+        finish(proc)
+        return False
+
     for _ in range(3):
         current = other(current)
-        seen: dict[str, float] = {}
-        proc = instance.spawn("apply", "--instance", "dev", "--rev", current, "--yes")
-        start = time.monotonic()
-        while proc.poll() is None:
-            pending = pending_row(instance.db, "dev") is not None
-            now = time.monotonic() - start
-            if pending:
-                seen.setdefault("begin", now)
-            elif "begin" in seen:
-                seen.setdefault("finish", now)
-            time.sleep(0.001)
-        seen["exit"] = time.monotonic() - start
-        seen.setdefault("begin", seen["exit"])
-        seen.setdefault("finish", seen["exit"])
-        finish(proc)
-        assert proc.returncode == 0
-        for name, at in seen.items():
-            marks[name].append(at)
-    begin, end, total = (statistics.median(marks[m]) for m in ("begin", "finish", "exit"))
+        assert not watch(instance.spawn("apply", "--instance", "dev", "--rev", current, "--yes"), None, None)
+    assert windows, "the pending marker was never seen"
 
     rng = random.Random(SEED)
     phases: collections.Counter[str] = collections.Counter()
@@ -194,28 +221,19 @@ def test_apply_killed_at_random_instants_leaves_old_or_new(instance: Instance) -
         attempts += 1
         assert attempts <= 2 * KILLS, f"only {kills} kills landed in {attempts} attempts"
         old, new = current, other(current)
-        # A quarter of the instants anywhere in a run, the rest around the target and state
-        # writes (from just before begin_apply to just after finish_apply).
-        slack = 0.1 * total
-        if attempts % 4 == 1:
-            delay = rng.uniform(0, total)
-        else:
-            delay = rng.uniform(max(0.0, begin - slack), end + slack)
         proc = instance.spawn("apply", "--instance", "dev", "--rev", new, "--yes")
-        start = time.monotonic()
-        killed = False
-        while proc.poll() is None:
-            if time.monotonic() - start >= delay:
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-                break
-            time.sleep(0.001)
-        finish(proc)  # reaped: a zombie would look like a live lock holder
+        # A quarter of the instants anywhere in a run; the rest from begin_apply to a little
+        # past finish_apply, where the target and the state store are written.
+        if attempts % 4 == 1:
+            killed = watch(proc, rng.uniform(0, statistics.median(totals[-5:])), None)
+        else:
+            window = statistics.median(windows[-7:])
+            killed = watch(proc, None, rng.uniform(0, 1.3 * window))
         kills += killed
 
         # What the kill left, read without touching anything (opening a LocalTarget would
         # already clear its debris).
-        pending = pending_row(instance.db, "dev")
+        pending = instance.pending()
         wip = debris(instance.root)
         link = os.readlink(instance.root / "current")
         meta = json.loads((instance.root / link / ".revision.json").read_bytes())
@@ -256,7 +274,7 @@ def test_apply_killed_at_random_instants_leaves_old_or_new(instance: Instance) -
 
     # Kills landed while the target was being written (its work in progress on disk, `current`
     # still old, the pending marker set), after the swap before the store recorded it, and after.
-    report = f"kills by phase: {dict(phases)}; calibration {begin:.2f}/{end:.2f}/{total:.2f}s"
+    report = f"kills by phase: {dict(phases)}; runs {totals[:3]}, pending windows {windows[:3]}"
     assert phases["target-write"] >= 1, report
     assert phases["pending-old"] + phases["pending-new"] >= 3, report
     assert phases["pending-new"] + phases["settled-new"] >= 1, report
@@ -279,7 +297,8 @@ def test_a_rollback_killed_mid_way_is_recorded_as_a_rollback(instance: Instance)
     proc = instance.spawn("rollback", "--instance", "dev", "--to", first)
     row = None
     while row is None and proc.poll() is None:
-        row = pending_row(instance.db, "dev")
+        row = instance.pending()
+        time.sleep(0.0005)
     proc.send_signal(signal.SIGKILL)
     finish(proc)
     assert row == (first, "rollback")
@@ -294,7 +313,7 @@ def test_a_rollback_killed_mid_way_is_recorded_as_a_rollback(instance: Instance)
         while proc.poll() is None and not os.readlink(instance.root / "current").startswith(
             f"revisions/{first}"
         ):
-            pass
+            time.sleep(0.0005)
         proc.send_signal(signal.SIGKILL)
         finish(proc)
     body = instance.status()

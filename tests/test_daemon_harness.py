@@ -455,8 +455,13 @@ def push_payload(
 
 
 def target_files(instance_dir: Path) -> set[str]:
+    # Namespace folders are symlinks to shared spaces (targets/local.py): follow them.
     current = instance_dir / "current"
-    return {str(p.relative_to(current)) for p in current.rglob("*") if p.is_file()}
+    return {
+        os.path.relpath(os.path.join(folder, name), current)
+        for folder, _dirs, files in os.walk(current, followlinks=True)
+        for name in files
+    }
 
 
 def debris(instance_dir: Path) -> list[str]:

@@ -31,8 +31,17 @@ _BACKTICKS = re.compile("`+")
 # --- text ------------------------------------------------------------------------------------
 
 
-def plan_text(plan: Plan, color: bool) -> str:
-    """Terraform-like: ``+`` create, ``~`` update, ``-`` delete, ``!`` drift, by namespace."""
+MAX_TEXT_DIFF_LINES = 4000
+
+
+def plan_text(plan: Plan, color: bool, *, max_diff_lines: int = MAX_TEXT_DIFF_LINES) -> str:
+    """Terraform-like: ``+`` create, ``~`` update, ``-`` delete, ``!`` drift, by namespace.
+
+    Diffs stop after ``max_diff_lines`` lines in all (every change is still listed), so a plan
+    of a hundred thousand creations stays readable; `-o json` carries every diff.
+    """
+    budget = max_diff_lines
+    omitted = 0
 
     def paint(code: str, text: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if color else text
@@ -50,8 +59,16 @@ def plan_text(plan: Plan, color: bool) -> str:
             if change.drift:
                 out.append("      " + paint(_MAGENTA, "! changed outside Git since the last apply"))
             if change.diff is not None:
-                out.extend("      " + _diff_line(d, paint) for d in _diff_lines(change.diff))
+                size = change.diff.rstrip("\n").count("\n") + 1
+                if size <= budget:
+                    budget -= size
+                    out.extend("      " + _diff_line(d, paint) for d in _diff_lines(change.diff))
+                else:
+                    budget = 0
+                    omitted += 1
         out.append("")
+    if omitted:
+        out.append(f"({omitted} diff(s) omitted past {max_diff_lines} lines; `-o json` has them all)")
     counts = plan.summary()
     if counts["drift"]:
         out.append(paint(_MAGENTA, f"Drift: {_resources(counts['drift'])} changed outside Git."))

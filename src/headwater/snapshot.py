@@ -19,10 +19,10 @@ from headwater import inherit, layout, schemas, yamlio
 from headwater.cache import ResultCache
 from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic
-from headwater.flows import validate_flow
+from headwater.flowbatch import validate_many
 from headwater.gitrepo import GitRepo, TreeEntry
 from headwater.kestra_types import TypeRegistry
-from headwater.rules.flow_rules import FlowReferences, flow_references
+from headwater.rules.flow_rules import FlowReferences
 from headwater.rules.references import check_namespace
 
 NAMESPACE_SCHEMA = "namespace.schema.json"
@@ -228,7 +228,6 @@ def load(
     }
     known = store.get_many([*config_keys.values(), *flow_keys.values()])
     needed = [e.oid for e in config_entries if config_keys[e.path] not in known]
-    needed += [e.oid for (_t, _n, _f, e) in flow_entries if flow_keys[e.path] not in known]
     blobs = repo.read_blobs(needed)
     fresh: dict[str, Any] = {}
 
@@ -244,17 +243,15 @@ def load(
         if doc is not None:
             configs[entry.path] = doc
 
+    todo = [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
+    validated = validate_many(repo, todo, registry, extra)
     flows: dict[tuple[str, str, str], FlowInfo] = {}
     for tenant, ns, fid, entry in flow_entries:
         fkey = flow_keys[entry.path]
         if fkey in known:
             found, refs = known[fkey]
         else:
-            doc, found = validate_flow(
-                blobs[entry.oid], entry.path, registry, expect_id=fid, expect_namespace=ns,
-            )
-            refs = flow_references(doc) if doc is not None and isinstance(doc.value, dict) else None
-            fresh[fkey] = (found, refs)
+            found, refs = fresh[fkey] = validated[entry.path]
         diags.extend(found)
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, entry, refs)
     store.put_many(fresh)

@@ -56,13 +56,18 @@ def default_rev(repo: GitRepo, instance: str) -> str:
 
 
 def warn_missing_secrets(result: PlanResult) -> None:
+    """One warning per secret name declared without a value, not one per namespace."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None and (ctx.find_root().obj or {}).get("quiet"):
         return  # -q: only errors
+    where: dict[str, list[str]] = {}
     for key in result.desired.missing_secrets:
+        where.setdefault(key.name, []).append(f"{key.tenant}/{key.namespace}")
+    for name, places in sorted(where.items()):
+        shown = ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
         click.echo(
-            f"warning: secret {key.name} of {key.tenant}/{key.namespace} has no value in the secret "
-            "provider; it is not written", err=True,
+            f"warning: secret {name} of {shown} has no value in the secret provider; it is not written",
+            err=True,
         )
 
 

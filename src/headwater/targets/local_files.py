@@ -7,13 +7,14 @@ import errno
 import os
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class FileRecord:
-    """The stat of one file when it was materialised; hash is None for secrets.env."""
+class FileRecord(NamedTuple):
+    """The stat of one file when it was materialised; hash is None for secrets.env.
+
+    A tuple, not a dataclass: a large instance reads back a hundred thousand of them."""
 
     hash: str | None
     size: int
@@ -29,9 +30,6 @@ class FileRecord:
     @classmethod
     def of(cls, digest: str | None, st: os.stat_result) -> FileRecord:
         return cls(digest, st.st_size, st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode))
-
-    def to_json(self) -> list[object]:
-        return [self.hash, self.size, self.mtime_ns, self.ino, self.mode]
 
 
 def second_ago_ns() -> int:

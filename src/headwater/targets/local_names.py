@@ -3,6 +3,7 @@ which names are safe, and the text formats of kv.json and secrets.env. Pure func
 
 from __future__ import annotations
 
+import functools
 import json
 import posixpath
 import re
@@ -46,26 +47,33 @@ def check_namespace(tenant: str, namespace: str) -> None:
 
 def path_in_namespace(key: ResourceKey) -> str:
     """Where a resource lives inside its namespace folder; TargetError for unsafe names."""
-    if key.kind == "flow":
-        return f"flows/{_segment(key.name, 'flow')}.yaml"
-    if key.kind == "file":
-        return f"files/{_relative(key.name, 'file')}"
     if key.kind == "config":
         if key.name != "config":
             raise TargetError(f"{key}: a namespace config resource must be named 'config'")
         return "config.json"
-    if key.kind == "kv":
-        if "\x00" in key.name or not key.name:
-            raise TargetError(f"unsafe kv name {key.name!r}", hint=HINT_NAME)
+    return _path_of_name(key.kind, key.name)
+
+
+@functools.lru_cache(maxsize=65536)
+def _path_of_name(kind: str, name: str) -> str:
+    # Cached: the same inherited file name recurs in every namespace below its owner.
+    if kind == "flow":
+        return f"flows/{_segment(name, 'flow')}.yaml"
+    if kind == "file":
+        return f"files/{_relative(name, 'file')}"
+    key = f"{kind}/{name}"
+    if kind == "kv":
+        if "\x00" in name or not name:
+            raise TargetError(f"unsafe kv name {name!r}", hint=HINT_NAME)
         return "kv.json"
-    if key.kind == "secret":
-        if not _SECRET_NAME_RE.match(key.name):
+    if kind == "secret":
+        if not _SECRET_NAME_RE.match(name):
             raise TargetError(
-                f"secret name {key.name!r} cannot be written as SECRET_<NAME>",
+                f"secret name {name!r} cannot be written as SECRET_<NAME>",
                 hint="use letters, digits and underscores, not starting with a digit",
             )
         return "secrets.env"
-    raise TargetError(f"{key}: unknown resource kind {key.kind!r}")
+    raise TargetError(f"{key}: unknown resource kind {kind!r}")
 
 
 def classify(rel: str) -> tuple[Kind, str] | None:

@@ -20,7 +20,7 @@ import posixpath
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from headwater.errors import TargetError
 from headwater.resources import (
@@ -49,9 +49,8 @@ FORMAT = 1
 _OBJECT_KINDS = ("flow", "file", "config")
 
 
-@dataclass(frozen=True)
-class Row:
-    """One resource of a space, as recorded in its manifest."""
+class Row(NamedTuple):
+    """One resource of a space, as recorded in its manifest (names checked when written)."""
 
     kind: Kind
     name: str
@@ -61,7 +60,13 @@ class Row:
 
     @property
     def path(self) -> str:
-        return path_in_namespace(ResourceKey("", "", self.kind, self.name))
+        return _ROW_PATHS[self.kind].format(self.name)
+
+
+_ROW_PATHS = {
+    "flow": "flows/{}.yaml", "file": "files/{}", "config": "config.json", "kv": "kv.json",
+    "secret": "secrets.env",
+}
 
 
 @dataclass(frozen=True)
@@ -82,15 +87,17 @@ class SpaceManifest:
             "namespace": self.namespace,
             "digest": self.digest,
             "rows": [[r.kind, r.name, r.hash, r.binary, r.canonical] for r in self.rows],
-            "files": {p: f.to_json() for p, f in sorted(self.files.items())},
+            "files": {p: list(f) for p, f in sorted(self.files.items())},
         }
 
     @classmethod
     def from_json(cls, data: Any) -> SpaceManifest:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("unknown space manifest format")
-        rows = tuple(Row(k, n, h, bool(b), c) for k, n, h, b, c in data["rows"])
-        files = {p: FileRecord(*v) for p, v in data["files"].items()}
+        rows = tuple(Row(k, n, h, b, c) for k, n, h, b, c in data["rows"])
+        files = {p: FileRecord._make(v) for p, v in data["files"].items()}
+        if any(r.kind not in _ROW_PATHS for r in rows):
+            raise ValueError("unknown resource kind")
         return cls(str(data["tenant"]), str(data["namespace"]), str(data["digest"]), rows, files)
 
 

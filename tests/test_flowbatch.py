@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from headwater import flowbatch, snapshot
+from headwater.gitrepo import GitRepo
+from tests.gitutil import commit
+
+FLOW = "tenants/acme/company/team/flows/ingest.yaml"
+
+
+def _items(repo: GitRepo) -> list[flowbatch.Item]:
+    snap = snapshot.load(repo, "HEAD")
+    return [
+        (info.entry.oid, info.entry.path, info.flow_id, info.namespace) for info in snap.flows.values()
+    ]
+
+
+def test_parallel_results_equal_sequential(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commit(sample, "one bad flow", {FLOW: "id: ingest\nnamespace: company.team\ntasks: []\n"})
+    with GitRepo(sample) as repo:
+        items = _items(repo)
+        registry = snapshot.load(repo, "HEAD").registry
+        monkeypatch.setenv("HEADWATER_WORKERS", "0")
+        sequential = flowbatch.validate_many(repo, items, registry, [])
+        monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
+        monkeypatch.setenv("HEADWATER_WORKERS", "2")
+        parallel = flowbatch.validate_many(repo, items, registry, [])
+    assert parallel.keys() == sequential.keys() == {item[1] for item in items}
+    assert parallel == sequential
+    assert any(diags for diags, _refs in parallel.values())  # the bad flow is reported by either path
+
+
+def test_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADWATER_WORKERS", "0")
+    assert flowbatch._workers() == 0
+    monkeypatch.setenv("HEADWATER_WORKERS", "99")
+    assert flowbatch._workers() == 16
+    monkeypatch.setenv("HEADWATER_WORKERS", "lots")
+    assert flowbatch._workers() >= 0
