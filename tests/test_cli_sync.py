@@ -423,9 +423,8 @@ def one_clear_line(err: str) -> str:
     [
         (["apply", "--instance", "staging", "--yes"], "error: unknown instance 'staging'"),
         (["apply", "--instance", "dev", "--rev", "no-such-ref", "--yes"], "error: unknown revision 'no-such-ref'"),
-        # An unknown full commit id also fails cleanly, but with git's words ("git ls-tree
-        # failed: fatal: not a tree object"): GitRepo.resolve accepts any 40-hex id unchecked.
-        (["apply", "--instance", "dev", "--rev", "0" * 40, "--yes"], "error: git "),
+        # An unknown full commit id is checked like any other revision.
+        (["apply", "--instance", "dev", "--rev", "0" * 40, "--yes"], "error: unknown revision '000"),
         (["plan", "--instance", "staging"], "error: unknown instance 'staging'"),
         (["rollback", "--instance", "dev", "--to", "nope"], "error: unknown revision 'nope'"),
     ],

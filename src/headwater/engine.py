@@ -267,10 +267,20 @@ class Engine:
             if confirm is not None and not confirm(result):
                 raise PlanRefused("apply cancelled", hint="nothing was changed")
             summary = {**result.summary(), "action": action}
+            if (
+                result.is_empty and action == "apply"
+                and target.current_revision() == snap.revision
+                and self.store.get(instance).applied_revision == snap.revision
+            ):
+                return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             try:
                 target.apply(snap.revision, desired.state, desired.secrets)
             except BaseException as exc:
+                if target.current_revision() == snap.revision:
+                    # Interrupted after the atomic swap: the apply took effect; record it as such.
+                    self.reconcile(instance)
+                    raise
                 self.store.record_failure(instance, snap.revision, [{
                     "path": "", "line": None, "column": None, "code": "apply.failed",
                     "severity": "error", "message": str(exc), "hint": None, "related": [],

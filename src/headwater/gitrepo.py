@@ -85,13 +85,17 @@ class GitRepo:
         """The full commit id of ``rev`` (a branch, tag, sha or expression)."""
         if rev.startswith("-"):
             raise GitError(f"invalid revision {rev!r}", hint="revisions cannot start with '-'")
-        try:
-            return self._repo.rev_parse(rev + "^{commit}").hexsha
-        except (git.BadName, ValueError, git.BadObject):
-            raise GitError(
-                f"unknown revision {rev!r}",
-                hint="give a branch, tag or commit id that exists in the repository",
-            ) from None
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "rev-parse", "--verify", "--quiet",
+             "--end-of-options", rev + "^{commit}"],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode == 0:
+            return proc.stdout.decode().strip()
+        raise GitError(
+            f"unknown revision {rev!r}",
+            hint="give a branch, tag or commit id that exists in the repository",
+        )
 
     def try_resolve(self, rev: str) -> str | None:
         try:
