@@ -11,13 +11,9 @@ RUN apt-get update \
 
 WORKDIR /opt/headwater
 COPY pyproject.toml README.md ./
-COPY schemas ./schemas
 COPY src ./src
-# package-data "data/*" matches files only, so the schemas directory is copied in explicitly.
-RUN rm -f src/headwater/data/schemas && cp -r schemas src/headwater/data/schemas \
-    && pip install --no-cache-dir . \
-    && pkg="$(python -c 'import headwater, os; print(os.path.dirname(headwater.__file__))')" \
-    && mkdir -p "$pkg/data/schemas" && cp schemas/*.json "$pkg/data/schemas/" \
+# The JSON schemas are package data (src/headwater/data/schemas; schemas/ links to them).
+RUN pip install --no-cache-dir . \
     && python -c "from headwater.schemas import SCHEMA_DIR as d; assert (d / 'flow.schema.json').is_file(), d" \
     && rm -rf /root/.cache
 

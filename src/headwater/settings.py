@@ -167,5 +167,5 @@ def load(config: str | None = None, state_dir: str | None = None) -> Settings:
         where = ".".join(str(p) for p in first["loc"])
         raise ConfigError(
             f"{config or 'settings'}: {where}: {first['msg']}",
-            hint=f"{len(exc.errors())} problem(s); see the daemon configuration in README.md",
+            hint=f"{len(exc.errors())} problem(s); see the configuration reference in docs/daemon.md",
         ) from None

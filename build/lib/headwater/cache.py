@@ -1,0 +1,180 @@
+"""A persistent, content-addressed cache of parse and validation results.
+
+Entries are keyed by what determines the result — the Git blob id, the path it was read at,
+and the fingerprint of the code and schemas that produced it — so an unchanged file is never
+parsed twice, across commits, instances and restarts. The cache is an optimisation only:
+every entry carries a checksum and a torn or corrupt entry is dropped and recomputed, and a
+cache that cannot be opened or written is switched off, never an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import pickle
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from headwater import __version__
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+_CHUNK = 500
+
+
+@cache
+def code_fingerprint() -> str:
+    """Changes whenever the code or data that produce cached results change."""
+    digest = hashlib.sha256(f"{FORMAT}:{__version__}".encode())
+    package = resources.files("headwater")
+    for name in ("flows.py", "schemas.py", "yamlio.py", "kestra_types.py", "rules/flow_rules.py"):
+        digest.update(package.joinpath(name).read_bytes())
+    data = package.joinpath("data")
+    for name in sorted(p.name for p in data.iterdir() if p.is_file()):
+        digest.update(data.joinpath(name).read_bytes())
+    schemas = data.joinpath("schemas")
+    for name in sorted(p.name for p in schemas.iterdir() if p.name.endswith(".json")):
+        digest.update(schemas.joinpath(name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def default_path() -> Path:
+    """``$HEADWATER_CACHE_DIR`` or ``$XDG_CACHE_HOME/headwater`` (``~/.cache/headwater``)."""
+    base = os.environ.get("HEADWATER_CACHE_DIR")
+    if base:
+        return Path(base) / "cache.db"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "headwater" / "cache.db"
+
+
+class ResultCache:
+    """Results by key in SQLite; ``ResultCache(None)`` is a cache that keeps nothing."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+        self.dropped = 0
+        if self.path is not None:
+            self._open()
+
+    def _open(self) -> None:
+        assert self.path is not None
+        for attempt in range(2):
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
+                    " payload BLOB NOT NULL)"
+                )
+                db.execute("SELECT count(*) FROM entries LIMIT 1").fetchone()
+                self._db = db
+                return
+            except (sqlite3.DatabaseError, OSError) as exc:
+                with contextlib.suppress(UnboundLocalError, sqlite3.Error):
+                    db.close()
+                if attempt == 0 and isinstance(exc, sqlite3.DatabaseError):
+                    log.warning("cache %s is unusable (%s); starting a new one", self.path, exc)
+                    for suffix in ("", "-wal", "-shm"):
+                        with contextlib.suppress(OSError):
+                            Path(f"{self.path}{suffix}").unlink()
+                    continue
+                log.warning("cache %s disabled: %s", self.path, exc)
+                return
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    def __enter__(self) -> ResultCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        wanted = list(keys)
+        found: dict[str, Any] = {}
+        with self._lock:
+            if self._db is None:
+                self.misses += len(wanted)
+                return found
+            torn: list[str] = []
+            try:
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._db.execute(
+                        f"SELECT key, checksum, payload FROM entries WHERE key IN ({marks})", chunk
+                    ).fetchall()
+                    for key, checksum, payload in rows:
+                        value = _decode(checksum, payload)
+                        if value is _TORN:
+                            torn.append(key)
+                        else:
+                            found[key] = value
+                if torn:
+                    self.dropped += len(torn)
+                    self._db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in torn])
+                    self._db.commit()
+            except sqlite3.Error as exc:
+                self._disable(exc)
+        self.hits += len(found)
+        self.misses += len(wanted) - len(found)
+        return found
+
+    def put_many(self, items: Mapping[str, Any]) -> None:
+        if not items:
+            return
+        with self._lock:
+            if self._db is None:
+                return
+            rows = []
+            for key, value in items.items():
+                payload = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                rows.append((key, hashlib.sha256(payload).hexdigest(), payload))
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO entries (key, checksum, payload) VALUES (?, ?, ?)", rows
+                    )
+            except sqlite3.Error as exc:
+                self._disable(exc)
+
+    def _disable(self, exc: Exception) -> None:
+        log.warning("cache %s disabled: %s", self.path, exc)
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+        self._db = None
+
+
+_TORN = object()
+
+
+def _decode(checksum: str, payload: bytes) -> Any:
+    if hashlib.sha256(payload).hexdigest() != checksum:
+        return _TORN
+    try:
+        return pickle.loads(payload)
+    except Exception:  # a torn or foreign entry; recomputed by the caller
+        return _TORN
+
+
+def key(*parts: str) -> str:
+    return hashlib.sha256("\0".join((code_fingerprint(), *parts)).encode()).hexdigest()

@@ -1,0 +1,329 @@
+"""`plan`, `apply`, `status`, `history` and `rollback`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from headwater import render, settings
+from headwater.cli import output
+from headwater.cli.validate import open_repo, repo_option
+from headwater.engine import Engine, PlanResult, read_plan_file, status_of
+from headwater.errors import HeadwaterError, PlanRefused
+from headwater.gitrepo import GitRepo
+from headwater.plan import Plan
+from headwater.snapshot import load as load_snapshot
+from headwater.state import StateStore
+
+config_option = click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False),
+    envvar="HEADWATER_CONFIG", help="daemon.yaml with targets and secret providers.",
+)
+state_option = click.option(
+    "--state-dir", envvar="HEADWATER_STATE_DIR",
+    help=f"State directory (default {settings.DEFAULT_STATE_DIR}, or state_dir of --config).",
+)
+instance_option = click.option("--instance", required=True, help="The instance (from headwater.yaml).")
+
+
+@contextmanager
+def engine_for(repo_path: str, config_path: str | None, state_dir: str | None) -> Iterator[Engine]:
+    conf = settings.load(config_path, state_dir)
+    with open_repo(repo_path) as repo, Engine(repo, conf) as engine:
+        yield engine
+
+
+def default_rev(repo: GitRepo, instance: str) -> str:
+    """The branch an instance follows, read from headwater.yaml at HEAD."""
+    snap = load_snapshot(repo, "HEAD")
+    spec = snap.instances.get(instance)
+    if spec is None:
+        known = ", ".join(sorted(snap.instances)) or "none"
+        raise HeadwaterError(f"unknown instance {instance!r}", hint=f"instances in headwater.yaml: {known}")
+    for candidate in (spec.branch, f"origin/{spec.branch}"):
+        sha = repo.try_resolve(candidate)
+        if sha is not None:
+            return sha
+    raise HeadwaterError(
+        f"instance {instance} follows branch {spec.branch!r}, which does not exist here",
+        hint="create the branch, fetch it, or pass --rev",
+    )
+
+
+def warn_missing_secrets(result: PlanResult) -> None:
+    """One warning per secret name declared without a value, not one per namespace."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and (ctx.find_root().obj or {}).get("quiet"):
+        return  # -q: only errors
+    where: dict[str, list[str]] = {}
+    for key in result.desired.missing_secrets:
+        where.setdefault(key.name, []).append(f"{key.tenant}/{key.namespace}")
+    for name, places in sorted(where.items()):
+        shown = ", ".join(places[:3]) + (f" and {len(places) - 3} more" if len(places) > 3 else "")
+        click.echo(
+            f"warning: secret {name} of {shown} has no value in the secret provider; it is not written",
+            err=True,
+        )
+
+
+def _render(plan: Plan, fmt: str, no_color: bool) -> str:
+    if fmt == "json":
+        return render.plan_json(plan)
+    if fmt == "markdown":
+        return render.plan_markdown(plan)
+    return render.plan_text(plan, output.use_color(no_color))
+
+
+@click.command()
+@repo_option
+@instance_option
+@click.option("--rev", help="Commit to plan (default: the branch the instance follows).")
+@click.option("--base", help="Pull-request view: compare this ref…")
+@click.option("--head", help="…with this ref, without touching the instance.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True, help="Output format.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 without changes, 2 with changes, 1 on error.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also save the plan (JSON) for `apply PLANFILE`.")
+@click.option("--no-color", is_flag=True, help="Plain text output (also NO_COLOR).")
+@config_option
+@state_option
+def plan(
+    repo_path: str, instance: str, rev: str | None, base: str | None, head: str | None, fmt: str,
+    detailed_exitcode: bool, out_file: str | None, no_color: bool, config_path: str | None,
+    state_dir: str | None,
+) -> None:
+    """Show what applying a commit would change on an instance, drift included.
+
+    With --base and --head, show what merging HEAD into BASE would change for the instance
+    (the pull-request view); no instance state is read.
+    """
+    if (base is None) != (head is None):
+        raise click.UsageError("--base and --head go together")
+    with engine_for(repo_path, config_path, state_dir) as engine:
+        if base is not None and head is not None:
+            result = engine.compare(instance, base, head)
+        else:
+            result = engine.plan(instance, rev or default_rev(engine.repo, instance))
+    warn_missing_secrets(result)
+    if out_file:
+        try:
+            Path(out_file).write_text(render.plan_json(result.plan) + "\n", "utf-8")
+        except OSError as exc:
+            raise HeadwaterError(f"cannot write plan file {out_file}: {exc.strerror}") from None
+    click.echo(_render(result.plan, fmt, no_color))
+    if detailed_exitcode and not result.plan.is_empty:
+        sys.exit(2)
+
+
+@click.command()
+@repo_option
+@click.option("--instance", help="The instance (from headwater.yaml).")
+@click.option("--rev", help="Commit to apply (default: the branch the instance follows).")
+@click.option("--yes", "-y", is_flag=True, help="Apply without asking.")
+@click.option("--allow-mass-delete", is_flag=True, help="Allow a plan that deletes above prune.maxDeletePercent.")
+@click.option("--no-color", is_flag=True, help="Plain text output (also NO_COLOR).")
+@config_option
+@state_option
+@click.argument("planfile", required=False, type=click.Path(dir_okay=False))
+def apply(
+    repo_path: str, instance: str | None, rev: str | None, yes: bool, allow_mass_delete: bool,
+    no_color: bool, config_path: str | None, state_dir: str | None, planfile: str | None,
+) -> None:
+    """Apply a commit to an instance, all or nothing, or apply a saved PLANFILE exactly.
+
+    A saved plan is refused as stale when the instance or the commit changed since it was made.
+    """
+    saved = read_plan_file(planfile) if planfile else None
+    if saved is not None:
+        if instance is not None and instance != saved.instance:
+            raise click.UsageError(f"the plan is for instance {saved.instance}, not {instance}")
+        instance, rev, yes = saved.instance, saved.revision, True
+    if instance is None:
+        raise click.UsageError("give --instance NAME or a PLANFILE")
+    color = output.use_color(no_color)
+    quiet = bool((click.get_current_context().find_root().obj or {}).get("quiet"))
+
+    def confirm(p: Plan) -> bool:
+        if not quiet or not (p.is_empty or yes):
+            click.echo(render.plan_text(p, color))
+        if p.is_empty or yes:
+            return True
+        if not sys.stdin.isatty():
+            raise HeadwaterError("refusing to apply without confirmation", hint="pass --yes to apply non-interactively")
+        return click.confirm("Apply these changes?", default=False)
+
+    with engine_for(repo_path, config_path, state_dir) as engine:
+        target_rev = rev or default_rev(engine.repo, instance)
+        if saved is not None:
+            _refuse_if_branch_moved(engine.repo, instance, saved.revision)
+        applied = engine.apply(
+            instance, target_rev, allow_mass_delete=allow_mass_delete, saved=saved, confirm=confirm,
+        )
+    warn_missing_secrets(applied)
+    result = applied.plan
+    counts = result.summary()
+    click.echo(
+        f"Applied {result.revision[:12]} to {instance}: {counts['create']} created, "
+        f"{counts['update']} updated, {counts['delete']} deleted"
+        + (f", {counts['drift']} drifted restored" if counts.get("drift") else "")
+        + "."
+    )
+
+
+def _refuse_if_branch_moved(repo: GitRepo, instance: str, revision: str) -> None:
+    """A saved plan of a commit its instance's branch has since moved past is stale.
+
+    (A plan of a commit off the branch, made with --rev, is applied as planned.)
+    """
+    head = _branch_head(repo, instance)
+    if head is not None and head != revision and repo.is_ancestor(revision, head):
+        raise PlanRefused(
+            f"the saved plan is stale: the branch of instance {instance} moved from "
+            f"{revision[:12]} to {head[:12]} since the plan was made",
+            hint="run `headwater plan --out FILE` again and review the new plan",
+        )
+
+
+@click.command()
+@repo_option
+@click.option("--instance", help="One instance (default: every instance known to the state store).")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+@config_option
+@state_option
+def status(repo_path: str, instance: str | None, fmt: str, config_path: str | None, state_dir: str | None) -> None:
+    """Applied vs attempted revision, errors and drift of each instance."""
+    with engine_for(repo_path, config_path, state_dir) as engine:
+        names = [instance] if instance else sorted(set(engine.store.instances()) | _repo_instances(engine.repo))
+        bodies = []
+        for name in names:
+            engine.reconcile_if_idle(name)  # after a crash, report what the target holds
+            body = status_of(engine.store, engine, name)
+            branch_head = _branch_head(engine.repo, name)
+            body["branch_revision"] = branch_head
+            applied = body["applied_revision"]
+            body["behind_git"] = bool(branch_head and applied and applied != branch_head)
+            bodies.append(body)
+    if fmt == "json":
+        click.echo(json.dumps({"instances": bodies}, indent=2, sort_keys=True))
+        return
+    for body in bodies:
+        click.echo(_status_text(body))
+
+
+def _repo_instances(repo: GitRepo) -> set[str]:
+    try:
+        return set(load_snapshot(repo, "HEAD").instances)
+    except HeadwaterError:
+        return set()
+
+
+def _branch_head(repo: GitRepo, instance: str) -> str | None:
+    try:
+        return default_rev(repo, instance)
+    except HeadwaterError:
+        return None
+
+
+def _short(rev: str | None) -> str:
+    return rev[:12] if rev else "-"
+
+
+def _status_text(body: dict[str, object]) -> str:
+    lines = [f"{body['instance']}:"]
+    lines.append(f"  applied:   {_short(body['applied_revision'])}  {body['applied_at'] or ''}".rstrip())  # type: ignore[arg-type]
+    lines.append(
+        f"  attempted: {_short(body['attempted_revision'])}  {body['outcome'] or ''}".rstrip()  # type: ignore[arg-type]
+    )
+    lines.append(f"  target:    {_short(body.get('target_revision'))}")  # type: ignore[arg-type]
+    if body.get("branch_revision"):
+        note = "  (the instance differs from its branch)" if body.get("behind_git") else ""
+        lines.append(f"  branch:    {_short(body['branch_revision'])}{note}")  # type: ignore[arg-type]
+    drift = body.get("drift") or []
+    lines.append(f"  drift:     {len(drift)} resource(s)")  # type: ignore[arg-type]
+    for key in drift[:20]:  # type: ignore[index]
+        lines.append(f"    ! {key}")
+    errors = body.get("errors") or []
+    if errors and body.get("outcome") == "failed":
+        lines.append(f"  errors of the attempted revision ({len(errors)}):")  # type: ignore[arg-type]
+        for err in errors[:20]:  # type: ignore[index]
+            where = err.get("path") or ""
+            if err.get("line"):
+                where += f":{err['line']}"
+            lines.append(f"    {where}: [{err.get('code')}] {err.get('message')}")
+    return "\n".join(lines)
+
+
+@click.command()
+@click.option("--instance", required=True, help="The instance.")
+@click.option("--limit", default=20, show_default=True, help="How many entries.")
+@click.option("-o", "--output", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True, help="Output format.")
+@config_option
+@state_option
+def history(instance: str, limit: int, fmt: str, config_path: str | None, state_dir: str | None) -> None:
+    """The applies and rollbacks of an instance, newest first."""
+    conf = settings.load(config_path, state_dir)
+    store = StateStore(conf.state_path / "state.db")
+    try:
+        entries = store.history(instance, limit)
+    finally:
+        store.close()
+    if fmt == "json":
+        rows = [
+            {"id": e.id, "revision": e.revision, "at": e.at.isoformat(), "action": e.action,
+             "summary": e.summary, "trigger": e.trigger}
+            for e in entries
+        ]
+        click.echo(json.dumps({"instance": instance, "history": rows}, indent=2, sort_keys=True))
+        return
+    if not entries:
+        click.echo(f"{instance}: no applies yet")
+    for e in entries:
+        s = e.summary
+        counts = f"+{s.get('create', 0)} ~{s.get('update', 0)} -{s.get('delete', 0)}"
+        click.echo(f"{e.id:>4}  {e.at:%Y-%m-%d %H:%M:%S}Z  {e.action:<8}  {e.revision[:12]}  {counts}  {e.trigger}")
+
+
+@click.command()
+@repo_option
+@instance_option
+@click.option("--to", "to_rev", required=True, help="An earlier applied revision.")
+@click.option("--allow-mass-delete", is_flag=True, help="Allow a rollback that deletes many resources.")
+@click.option("--git", "in_git", is_flag=True,
+              help="Instead: commit the revision's tree on the instance's branch; the next sync applies it.")
+@click.option("--push", "remote", metavar="REMOTE", help="With --git: push the branch to REMOTE.")
+@config_option
+@state_option
+def rollback(
+    repo_path: str, instance: str, to_rev: str, allow_mass_delete: bool, in_git: bool,
+    remote: str | None, config_path: str | None, state_dir: str | None,
+) -> None:
+    """Re-apply an earlier applied revision at once (break-glass).
+
+    The instance is then ahead of (or behind) its branch until the branch catches up. With
+    --git, nothing is applied: a commit on the instance's branch restores the revision's tree
+    for the instance's paths, so Git stays the source of truth.
+    """
+    with engine_for(repo_path, config_path, state_dir) as engine:
+        sha = engine.repo.resolve(to_rev)
+        applied = {e.revision for e in engine.store.history(instance, 10_000) if e.action in ("apply", "rollback")}
+        if sha not in applied:
+            raise HeadwaterError(
+                f"{sha[:12]} was never applied to {instance}",
+                hint="`headwater history --instance " + instance + "` lists the revisions you can roll back to",
+            )
+        if in_git:
+            from headwater.cli.review import rollback_git
+
+            return rollback_git(engine, instance, sha, remote)
+        if remote:
+            raise click.UsageError("--push goes with --git")
+        result = engine.apply(instance, sha, action="rollback", allow_mass_delete=allow_mass_delete)
+    click.echo(render.plan_text(result.plan, output.use_color(False)))
+    click.echo(f"Rolled {instance} back to {sha[:12]}.")
+
+
+COMMANDS = [plan, apply, status, history, rollback]

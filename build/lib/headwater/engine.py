@@ -1,0 +1,414 @@
+"""Load → validate → plan → apply for one instance at one commit.
+
+The engine takes a repository reader, the operator's settings and a state store; targets and
+secret providers are built from the settings, so the CLI and the daemon share one path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from headwater import plan as planning
+from headwater import snapshot
+from headwater.cache import ResultCache
+from headwater.errors import Diagnostic, HeadwaterError, PlanRefused, StateError, ValidationFailed
+from headwater.gitrepo import GitRepo
+from headwater.resources import Resource, ResourceKey, State, content_hash, is_binary, secret_hash
+from headwater.secrets import (
+    DirectoryProvider,
+    EnvProvider,
+    SecretProvider,
+    load_or_create_hash_key,
+)
+from headwater.settings import Settings
+from headwater.state import StateStore
+from headwater.targets.local import LocalTarget
+
+SecretValues = dict[tuple[str, str], dict[str, str]]
+
+
+def canonical_json(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def kv_json(value: Any) -> bytes:
+    """A KV value as the local target stores it: compact, sorted, canonical JSON."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def default_trigger() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"cli:{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class Desired:
+    """The desired state of an instance at a commit, with what applying it needs."""
+
+    revision: str
+    state: State
+    calls: dict[ResourceKey, set[ResourceKey]]
+    secrets: SecretValues
+    missing_secrets: tuple[ResourceKey, ...]
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    plan: planning.Plan
+    desired: Desired
+    snapshot: snapshot.Snapshot
+
+
+class Engine:
+    def __init__(self, repo: GitRepo, settings: Settings, store: StateStore | None = None) -> None:
+        self.repo = repo
+        self.settings = settings
+        try:
+            settings.state_path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # e.g. the state directory is a file
+            raise StateError(
+                f"cannot use {settings.state_path} as the state directory: {exc.strerror}",
+                hint="give --state-dir (or state_dir in --config) a directory path",
+            ) from None
+        self.store = store if store is not None else StateStore(settings.state_path / "state.db")
+        self._owns_store = store is None
+        self.hash_key = load_or_create_hash_key(settings.state_path)
+        self.cache = ResultCache(settings.state_path / "cache.db")
+        self.provider = self._provider()
+        self._targets: dict[str, LocalTarget] = {}
+
+    def close(self) -> None:
+        self.cache.close()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _provider(self) -> SecretProvider:
+        conf = self.settings.secrets
+        if conf.type == "env":
+            return EnvProvider(conf.prefix)
+        if conf.type == "none":
+            return _NoSecrets()
+        root = Path(conf.path) if conf.path else self.settings.state_path / "secrets"
+        return DirectoryProvider(root)
+
+    def target(self, instance: str) -> LocalTarget:
+        target = self._targets.get(instance)
+        if target is None:
+            target = LocalTarget(
+                self.settings.instance_path(instance),
+                keep=self.settings.keep(instance),
+                secret_hash_key=self.hash_key,
+            )
+            self._targets[instance] = target
+        return target
+
+    # -- desired state ---------------------------------------------------------------------
+
+    def load(self, rev: str) -> snapshot.Snapshot:
+        return snapshot.load(self.repo, rev, cache=self.cache)
+
+    def check(self, snap: snapshot.Snapshot, instance: str) -> list[Diagnostic]:
+        if instance not in snap.instances:
+            known = ", ".join(sorted(snap.instances)) or "none"
+            raise HeadwaterError(
+                f"instance {instance!r} is not defined in headwater.yaml at {snap.revision[:12]}",
+                hint=f"instances there: {known}",
+            )
+        return snap.report([instance])
+
+    def desired(self, snap: snapshot.Snapshot, instance: str) -> Desired:
+        view = snap.view(instance)
+        oids = {info.entry.oid for ns in view.namespaces.values() for info in ns.flows.values()}
+        oids |= {entry.oid for ns in view.namespaces.values() for (_o, entry) in ns.files.values()}
+        blobs = self.repo.read_blobs(sorted(oids))
+        hashes: dict[str, tuple[str, bool]] = {}
+
+        def blob_resource(key: ResourceKey, oid: str, source: str) -> Resource:
+            known = hashes.get(oid)
+            data = blobs[oid]
+            if known is None:
+                known = hashes[oid] = (content_hash(data), is_binary(data))
+            return Resource(key, known[0], data, known[1], source)
+
+        state: State = {}
+        calls: dict[ResourceKey, set[ResourceKey]] = {}
+        secret_values: SecretValues = {}
+        missing: list[ResourceKey] = []
+        for (tenant, name), ns in view.namespaces.items():
+            config = dict(ns.effective.config)
+            key = ResourceKey(tenant, name, "config", "config")
+            data = canonical_json(config)
+            state[key] = Resource(key, content_hash(data), data, False, ns_source(snap, tenant, name))
+            for kv_name, value in (config.get("kv") or {}).items():
+                key = ResourceKey(tenant, name, "kv", str(kv_name))
+                data = kv_json(value)
+                state[key] = Resource(key, content_hash(data), data, False, f"kv {kv_name}")
+            for secret in sorted(config.get("secrets") or {}):
+                key = ResourceKey(tenant, name, "secret", secret)
+                value = self.provider.get(tenant, name, secret)
+                if value is None:
+                    missing.append(key)  # declared but without a value: reported, not written
+                    continue
+                secret_values.setdefault((tenant, name), {})[secret] = value
+                state[key] = Resource(key, secret_hash(self.hash_key, value), None, False, f"secret {secret}")
+            for rel, (_origin, entry) in ns.files.items():
+                key = ResourceKey(tenant, name, "file", rel)
+                state[key] = blob_resource(key, entry.oid, entry.path)
+            for fid, info in ns.flows.items():
+                key = ResourceKey(tenant, name, "flow", fid)
+                state[key] = blob_resource(key, info.entry.oid, info.entry.path)
+                if info.refs is not None:
+                    calls[key] = {
+                        ResourceKey(tenant, call.namespace, "flow", call.flow_id)
+                        for call in info.refs.subflows
+                        if not call.dynamic
+                    }
+        return Desired(snap.revision, state, calls, secret_values, tuple(missing))
+
+    def valid_snapshot(self, rev: str, instance: str, *, record: bool = False) -> snapshot.Snapshot:
+        """The snapshot at ``rev``; ValidationFailed (recorded when asked) if it has errors."""
+        snap = self.load(rev)
+        errors = [d for d in self.check(snap, instance) if d.severity == "error"]
+        if errors:
+            if record:
+                self.store.record_failure(instance, snap.revision, [d.to_json() for d in errors])
+            raise ValidationFailed(errors, snap.revision)
+        return snap
+
+    # -- plan ------------------------------------------------------------------------------
+
+    def plan(self, instance: str, rev: str) -> PlanResult:
+        """What applying ``rev`` to the instance would change, drift included."""
+        snap = self.valid_snapshot(rev, instance)
+        desired = self.desired(snap, instance)
+        target = self.target(instance)
+        actual = target.inventory()
+        managed = self.store.inventory(instance)
+        current = target.current_revision()
+        result = planning.compute(
+            desired.state, _with_content(actual, target, desired.state), instance=instance,
+            revision=snap.revision,
+            base=current, managed=managed, calls=desired.calls,
+        )
+        return PlanResult(result, desired, snap)
+
+    def compare(self, instance: str, base: str, head: str) -> PlanResult:
+        """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed."""
+        head_snap = self.valid_snapshot(head, instance)
+        head_state = self.desired(head_snap, instance)
+        base_snap = self.load(base)
+        base_state: State = {}
+        if instance in base_snap.instances:
+            base_state = self.desired(base_snap, instance).state
+        result = planning.compare_refs(
+            base_state, head_state.state, instance=instance, base_rev=base_snap.revision,
+            head_rev=head_snap.revision, calls=head_state.calls,
+        )
+        return PlanResult(result, head_state, head_snap)
+
+    # -- apply -----------------------------------------------------------------------------
+
+    def apply(
+        self,
+        instance: str,
+        rev: str,
+        *,
+        trigger: str | None = None,
+        allow_mass_delete: bool = False,
+        saved: planning.Plan | None = None,
+        action: str = "apply",
+        confirm: Callable[[planning.Plan], bool] | None = None,
+    ) -> PlanResult:
+        """Validate, plan and apply ``rev`` all or nothing; returns the plan that was applied.
+
+        An invalid commit is recorded as a failed attempt and never reaches the target.
+        """
+        trigger = trigger or default_trigger()
+        snap = self.valid_snapshot(rev, instance, record=True)
+        spec = snap.instances[instance]
+        desired = self.desired(snap, instance)
+        target = self.target(instance)
+        with self.store.lock(instance, trigger):
+            self.reconcile(instance)
+            actual = target.inventory()
+            managed = self.store.inventory(instance)
+            result = planning.compute(
+                desired.state, _with_content(actual, target, desired.state), instance=instance,
+                revision=snap.revision, base=target.current_revision(), managed=managed,
+                calls=desired.calls,
+            )
+            if saved is not None:
+                _check_saved(saved, result)
+            try:
+                planning.guard_prune(result, len(managed), spec.max_delete_percent, allow_mass_delete)
+            except PlanRefused as exc:
+                # A refused commit is an attempt that failed: status (and the daemon) say why.
+                self.store.record_failure(instance, snap.revision, [{
+                    "path": "", "line": None, "column": None, "code": "prune.refused",
+                    "severity": "error", "message": exc.message, "hint": exc.hint, "related": [],
+                }])
+                raise
+            if confirm is not None and not confirm(result):
+                raise PlanRefused("apply cancelled", hint="nothing was changed")
+            summary = {**result.summary(), "action": action}
+            if (
+                result.is_empty and action == "apply"
+                and target.current_revision() == snap.revision
+                and self.store.get(instance).applied_revision == snap.revision
+            ):
+                return PlanResult(result, desired, snap)  # already there: no new revision, no history row
+            self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
+            try:
+                target.apply(snap.revision, desired.state, desired.secrets)
+            except BaseException as exc:
+                if target.current_revision() == snap.revision:
+                    # Interrupted after the atomic swap: the apply took effect; record it as such.
+                    self.reconcile(instance)
+                    raise
+                self.store.record_failure(instance, snap.revision, [{
+                    "path": "", "line": None, "column": None, "code": "apply.failed",
+                    "severity": "error", "message": str(exc), "hint": None, "related": [],
+                }])
+                raise
+            inventory = {key: res.hash for key, res in desired.state.items()}
+            self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
+        return PlanResult(result, desired, snap)
+
+    def reconcile(self, instance: str) -> str:
+        """Bring the state store in line with the target after a crash."""
+        target = self.target(instance)
+        current = target.current_revision()
+        manifest = target.manifest(current) if current is not None else None
+        return self.store.reconcile(instance, current, manifest)
+
+    def reconcile_if_idle(self, instance: str) -> str | None:
+        """``reconcile`` unless an apply holds the instance's lock (None then: it is under way).
+
+        A read such as ``status`` calls this so that, after a crash, it reports what the target
+        holds rather than an apply that died; the lock of a dead process is taken over.
+        """
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(self.store.lock(instance, "status", ttl=60.0))
+            except StateError:
+                return None
+            return self.reconcile(instance)
+        return None  # pragma: no cover  (mypy: ExitStack may swallow exceptions)
+
+    def drift(self, instance: str) -> list[ResourceKey]:
+        """Managed resources whose content on the target differs from what was applied."""
+        managed = self.store.inventory(instance)
+        if not managed:
+            return []
+        actual = self.target(instance).inventory()
+        return sorted(k for k, h in managed.items() if k not in actual or actual[k].hash != h)
+
+
+class _NoSecrets:
+    def get(self, tenant: str, namespace: str, name: str) -> str | None:
+        return None
+
+
+def ns_source(snap: snapshot.Snapshot, tenant: str, namespace: str) -> str:
+    node = snap.layout.namespace(tenant, namespace)
+    if node is not None and node.config is not None:
+        return node.config.path
+    return f"{tenant}/{namespace} config"
+
+
+def _with_content(actual: State, target: LocalTarget, desired: State) -> State:
+    """The actual state with content loaded where a plan shows a diff: resources it updates or
+    deletes. Unchanged resources (most of them) are never read back."""
+    result: State = {}
+    for key, res in actual.items():
+        want = desired.get(key)
+        if want is not None and want.hash == res.hash:
+            result[key] = res
+            continue
+        if res.content is None and key.kind != "secret":
+            data = target.read(key)
+            res = Resource(key, res.hash, data, is_binary(data) if data is not None else res.binary, res.source)
+        result[key] = res
+    return result
+
+
+def _check_saved(saved: planning.Plan, current: planning.Plan) -> None:
+    if saved.instance != current.instance:
+        raise PlanRefused(
+            f"the plan is for instance {saved.instance!r}, not {current.instance!r}",
+            hint="apply the plan with the instance it was made for",
+        )
+    if saved.revision != current.revision or saved.fingerprint != current.fingerprint:
+        raise PlanRefused(
+            "the saved plan is stale: the instance or the revision changed since it was made",
+            hint="run `headwater plan --out FILE` again and review the new plan",
+        )
+    if _change_set(saved) != _change_set(current):
+        raise PlanRefused(
+            "the saved plan is stale: applying now would make different changes",
+            hint="run `headwater plan --out FILE` again and review the new plan",
+        )
+
+
+def _change_set(p: planning.Plan) -> set[tuple[str, str, str | None]]:
+    return {(str(c.key), c.action, c.after_hash) for c in p.changes}
+
+
+def status_of(store: StateStore, engine: Engine | None, instance: str) -> dict[str, Any]:
+    state = store.get(instance)
+    body: dict[str, Any] = {
+        "instance": instance,
+        "applied_revision": state.applied_revision,
+        "applied_at": state.applied_at.isoformat() if state.applied_at else None,
+        "attempted_revision": state.attempted_revision,
+        "attempted_at": state.attempted_at.isoformat() if state.attempted_at else None,
+        "outcome": state.outcome,
+        "errors": list(state.errors),
+        "pending_revision": state.pending_revision,
+    }
+    if engine is not None:
+        target = engine.target(instance)
+        body["target_revision"] = target.current_revision()
+        drift = engine.drift(instance)
+        body["drift"] = [str(k) for k in drift]
+        body["in_sync"] = (
+            not drift and state.applied_revision is not None
+            and body["target_revision"] == state.applied_revision
+        )
+    return body
+
+
+def read_plan_file(path: str) -> planning.Plan:
+    try:
+        data = json.loads(Path(path).read_text("utf-8"))
+    except OSError as exc:
+        raise HeadwaterError(f"cannot read plan file {path}: {exc.strerror}") from None
+    except json.JSONDecodeError as exc:
+        raise HeadwaterError(
+            f"{path}:{exc.lineno}: not a plan file ({exc.msg})",
+            hint="give a file written by `headwater plan --out FILE`",
+        ) from None
+    except UnicodeDecodeError:
+        raise HeadwaterError(
+            f"{path}: not a plan file (not UTF-8 text)",
+            hint="give a file written by `headwater plan --out FILE`",
+        ) from None
+    if not isinstance(data, Mapping):
+        raise HeadwaterError(f"{path}: not a plan file", hint="give a file written by `headwater plan --out FILE`")
+    return planning.Plan.from_json(dict(data))

@@ -1,0 +1,485 @@
+"""The only module that talks to git: trees, blobs, revisions, diffs, commits and branches.
+
+Everything Headwater validates is read from Git objects (``ls-tree`` + ``cat-file --batch``),
+never from a working copy, so what is validated is exactly what is applied.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import git
+
+from headwater.errors import GitError
+
+MODE_SYMLINK = "120000"
+MODE_SUBMODULE = "160000"
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    """One entry of a recursive tree listing."""
+
+    path: str
+    mode: str
+    type: str  # "blob" or "commit" (a submodule)
+    oid: str
+    size: int  # -1 for submodules
+
+
+def _git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("GIT_TERMINAL_PROMPT", "0")
+    env["LC_ALL"] = "C"
+    return env
+
+
+class GitRepo:
+    """A repository on disk (bare or not), read through git plumbing."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            self._repo = git.Repo(self.path, search_parent_directories=False)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise GitError(
+                f"{self.path} is not a Git repository",
+                hint="pass the repository with -C PATH, or run `git init` there",
+            ) from None
+        self.git_dir = Path(self._repo.git_dir)
+
+    def close(self) -> None:
+        self._repo.close()
+
+    def __enter__(self) -> GitRepo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- low level -------------------------------------------------------------------------
+
+    def _run(self, args: Sequence[str], stdin: bytes | None = None) -> bytes:
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), *args],
+            input=stdin,
+            capture_output=True,
+            env=_git_env(),
+            check=False,
+        )
+        if proc.returncode != 0:
+            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(
+                f"git {args[0]} failed: {message[-1] if message else 'exit ' + str(proc.returncode)}"
+            )
+        return proc.stdout
+
+    # -- revisions -------------------------------------------------------------------------
+
+    def resolve(self, rev: str) -> str:
+        """The full commit id of ``rev`` (a branch, tag, sha or expression)."""
+        if rev.startswith("-"):
+            raise GitError(f"invalid revision {rev!r}", hint="revisions cannot start with '-'")
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "rev-parse", "--verify", "--quiet",
+             "--end-of-options", rev + "^{commit}"],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode == 0:
+            return proc.stdout.decode().strip()
+        raise GitError(
+            f"unknown revision {rev!r}",
+            hint="give a branch, tag or commit id that exists in the repository",
+        )
+
+    def try_resolve(self, rev: str) -> str | None:
+        try:
+            return self.resolve(rev)
+        except GitError:
+            return None
+
+    def commit_info(self, rev: str) -> dict[str, str]:
+        commit = self._repo.commit(self.resolve(rev))
+        return {
+            "sha": commit.hexsha,
+            "author": str(commit.author),
+            "date": commit.committed_datetime.isoformat(),
+            "summary": str(commit.summary),
+            "message": str(commit.message),
+        }
+
+    def is_ancestor(self, ancestor: str, descendant: str) -> bool:
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "merge-base", "--is-ancestor",
+             self.resolve(ancestor), self.resolve(descendant)],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        return proc.returncode == 0
+
+    def branches(self) -> dict[str, str]:
+        """Local branches (refs/heads) → commit id."""
+        out = self._run(["for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads"])
+        result: dict[str, str] = {}
+        for line in out.decode().splitlines():
+            name, _, sha = line.partition(" ")
+            result[name] = sha
+        return result
+
+    # -- trees and blobs -------------------------------------------------------------------
+
+    def ls_tree(self, rev: str) -> list[TreeEntry]:
+        """Every path of the commit's tree with mode, type, blob id and size, in one call."""
+        sha = self.resolve(rev)
+        out = self._run(["ls-tree", "-r", "-z", "-l", "--full-tree", sha])
+        entries: list[TreeEntry] = []
+        for record in out.split(b"\0"):
+            if not record:
+                continue
+            meta, _, raw_path = record.partition(b"\t")
+            mode, kind, oid, size = meta.decode().split()
+            try:
+                path = raw_path.decode("utf-8")
+            except UnicodeDecodeError:
+                path = raw_path.decode("utf-8", "backslashreplace")
+            entries.append(TreeEntry(path, mode, kind, oid, int(size) if size != "-" else -1))
+        return entries
+
+    def read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:
+        """Contents of many blobs through one ``git cat-file --batch`` process."""
+        wanted = list(dict.fromkeys(oids))
+        if not wanted:
+            return {}
+        proc = subprocess.Popen(
+            ["git", "--git-dir", str(self.git_dir), "cat-file", "--batch"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=_git_env(),
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        request = "".join(oid + "\n" for oid in wanted).encode()
+        stdin = proc.stdin
+
+        def feed() -> None:
+            try:
+                stdin.write(request)
+            finally:
+                stdin.close()
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        result: dict[str, bytes] = {}
+        try:
+            for oid in _batch_reader(proc.stdout, len(wanted)):
+                result[oid[0]] = oid[1]
+        finally:
+            writer.join()
+            proc.stdout.close()
+            proc.wait()
+        missing = [oid for oid in wanted if oid not in result]
+        if missing:
+            raise GitError(f"missing Git object {missing[0]}", hint="the repository may be corrupt")
+        return result
+
+    def read_blob(self, oid: str) -> bytes:
+        return self.read_blobs([oid])[oid]
+
+    def diff_tree(self, old: str, new: str) -> list[tuple[str, str]]:
+        """Changed paths between two commits: (status letter, path)."""
+        out = self._run(["diff-tree", "-r", "-z", "--no-renames", "--name-status", old, new])
+        fields = [f for f in out.split(b"\0") if f]
+        return [
+            (fields[i].decode(), fields[i + 1].decode("utf-8", "backslashreplace"))
+            for i in range(0, len(fields) - 1, 2)
+        ]
+
+    # -- writing: trees, commits, branches (promotion and `rollback --git`) ------------------
+    # Objects are written without a working copy; refs only move by compare-and-swap.
+
+    def _run_env(self, args: Sequence[str], stdin: bytes | None, extra: dict[str, str]) -> bytes:
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), *args],
+            input=stdin, capture_output=True, env={**_git_env(), **extra}, check=False,
+        )
+        if proc.returncode != 0:
+            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"git {args[0]} failed: {message[-1] if message else proc.returncode}")
+        return proc.stdout
+
+    def ref(self, name: str) -> str | None:
+        """The commit a full ref name (``refs/heads/main``) points at, or None."""
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "rev-parse", "--verify", "--quiet",
+             "--end-of-options", name + "^{commit}"],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode != 0:
+            return None
+        return proc.stdout.decode().strip() or None
+
+    def tree_of(self, rev: str) -> str:
+        return self._run(["rev-parse", "--verify", self.resolve(rev) + "^{tree}"]).decode().strip()
+
+    def write_tree(self, base_tree: str, changes: dict[str, tuple[str, str] | None]) -> str:
+        """``base_tree`` with ``changes`` applied (path → (mode, blob id), None removes it).
+
+        Built in a temporary index, so neither the repository's index nor a working copy is
+        touched; returns the new tree's id.
+        """
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="headwater-index-") as tmp:
+            env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
+            self._run_env(["read-tree", base_tree], None, env)
+            records = b"".join(
+                (f"{entry[0]} {entry[1]}" if entry else "0 " + ZERO_OID).encode()
+                + b"\t" + path.encode("utf-8", "surrogateescape") + b"\0"
+                for path, entry in sorted(changes.items())
+            )
+            if records:
+                self._run_env(["update-index", "-z", "--index-info"], records, env)
+            return self._run_env(["write-tree"], None, env).decode().strip()
+
+    def index_tree(self) -> str:
+        """The tree of the repository's index (what `git commit` would record)."""
+        return self._run(["write-tree"]).decode().strip()
+
+    def merge_base(self, a: str, b: str) -> str | None:
+        """The best common ancestor of two commits, or None for unrelated histories."""
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "merge-base", self.resolve(a), self.resolve(b)],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode != 0:
+            return None
+        return proc.stdout.decode().strip() or None
+
+    def merge_trees(self, ours: str, theirs: str) -> tuple[str, list[str]]:
+        """A three-way merge of two commits without a working copy: (tree, conflicted paths)."""
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "merge-tree", "--write-tree", "--name-only",
+             "--no-messages", "-z", self.resolve(ours), self.resolve(theirs)],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode not in (0, 1):
+            message = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise GitError(f"git merge-tree failed: {message[-1] if message else proc.returncode}")
+        fields = proc.stdout.split(b"\0")
+        conflicts = [f.decode("utf-8", "backslashreplace") for f in fields[1:] if f]
+        return fields[0].decode().strip(), sorted(set(conflicts)) if proc.returncode == 1 else []
+
+    def commit_tree(
+        self, tree: str, parents: Sequence[str], message: str, *, scratch: bool = False
+    ) -> str:
+        """A commit object; no ref moves. Author and committer come from git's configuration,
+        or, for a ``scratch`` commit that only exists to be read back (a merge preview), are
+        Headwater's own, so CI without a git identity can make one."""
+        args = ["commit-tree", tree]
+        for parent in parents:
+            args += ["-p", parent]
+        env = {}
+        if scratch:
+            for role in ("AUTHOR", "COMMITTER"):
+                env[f"GIT_{role}_NAME"] = "headwater"
+                env[f"GIT_{role}_EMAIL"] = "headwater@localhost"
+        try:
+            out = self._run_env([*args, "-F", "-"], message.encode("utf-8"), env)
+        except GitError as exc:
+            if "identity" in exc.message or "email" in exc.message:
+                raise GitError(
+                    exc.message,
+                    hint="set a git identity: git config user.name NAME; "
+                    "git config user.email EMAIL",
+                ) from None
+            raise
+        return out.decode().strip()
+
+    def update_ref(self, ref: str, new: str, old: str | None, reason: str) -> None:
+        """Compare-and-swap: point ``ref`` at ``new`` only while it is still at ``old``.
+
+        ``old`` None means the ref must not exist yet. Raises RefMoved when it moved.
+        """
+        try:
+            self._run(["update-ref", "-m", reason, ref, new, old or ZERO_OID])
+        except GitError:
+            current = self.ref(ref)
+            if current != old:
+                raise RefMoved(ref, old, current) from None
+            raise
+
+    def delete_ref(self, ref: str, old: str) -> None:
+        """Delete ``ref`` only while it is still at ``old``."""
+        try:
+            self._run(["update-ref", "-d", ref, old])
+        except GitError:
+            raise RefMoved(ref, old, self.ref(ref)) from None
+
+    def checked_out(self) -> dict[str, str]:
+        """Branches checked out in a working tree of this repository: full ref → folder."""
+        out = self._run(["worktree", "list", "--porcelain", "-z"])
+        result: dict[str, str] = {}
+        folder = ""
+        for field in out.decode("utf-8", "replace").split("\0"):
+            key, _, value = field.partition(" ")
+            if key == "worktree":
+                folder = value
+            elif key == "branch":
+                result[value] = folder
+        return result
+
+    def push(self, remote: str, refspecs: Sequence[str], leases: dict[str, str] | None = None) -> None:
+        """Push without forcing: a remote branch that moved refuses the push (GitError).
+
+        ``leases`` (remote ref → expected id) allow replacing a ref only while it holds that
+        id (``--force-with-lease``).
+        """
+        if not remote or remote.startswith("-") or "::" in remote:
+            raise GitError(
+                f"refusing to push to {remote!r}",
+                hint="give a remote name or a file://, ssh:// or https:// URL",
+            )
+        leases_args = [f"--force-with-lease={ref}:{oid}" for ref, oid in (leases or {}).items()]
+        proc = subprocess.run(
+            ["git", "--git-dir", str(self.git_dir), "push", "--porcelain", *leases_args,
+             "--", remote, *refspecs],
+            capture_output=True, env=_git_env(), check=False,
+        )
+        if proc.returncode != 0:
+            lines = (proc.stdout + proc.stderr).decode("utf-8", "replace").splitlines()
+            rejected = [ln.split("\t")[-1].strip() for ln in lines if ln.startswith("!")]
+            detail = rejected[0] if rejected else (lines[-1] if lines else f"exit {proc.returncode}")
+            raise GitError(
+                f"git push to {remote} was refused: {detail}",
+                hint="the remote branch may have moved: fetch, then run the command again",
+            )
+
+
+ZERO_OID = "0" * 40
+
+
+class RefMoved(GitError):
+    """A compare-and-swap ref update found the ref elsewhere than expected."""
+
+    def __init__(self, ref: str, expected: str | None, actual: str | None) -> None:
+        def show(oid: str | None) -> str:
+            return oid[:12] if oid else "(absent)"
+
+        super().__init__(
+            f"{ref} moved: expected {show(expected)}, found {show(actual)}",
+            hint="someone updated it meanwhile; nothing was overwritten — run the command again",
+        )
+        self.ref, self.expected, self.actual = ref, expected, actual
+
+
+def _batch_reader(stream: object, count: int) -> Iterator[tuple[str, bytes]]:
+    from typing import BinaryIO, cast
+
+    out = cast(BinaryIO, stream)
+    for _ in range(count):
+        header = out.readline()
+        if not header:
+            return
+        parts = header.split()
+        if len(parts) == 2 and parts[1] == b"missing":
+            continue
+        oid, _kind, size = parts[0].decode(), parts[1], int(parts[2])
+        data = out.read(size)
+        out.read(1)  # the newline after the content
+        yield oid, data
+
+
+# -- remotes and mirrors (the sync daemon) -------------------------------------------------------
+# The caller checks the URL (headwater.daemon.mirror refuses ext:: and option-like URLs) and
+# passes credentials through ``env`` (a credential helper reading an environment variable), so
+# no secret is ever on a command line.
+
+
+@dataclass(frozen=True)
+class RemoteHeads:
+    """What a remote advertises: its default branch (when it says) and its branch heads."""
+
+    default_branch: str | None
+    heads: dict[str, str]
+
+
+def _remote_run(
+    args: Sequence[str], *, env: dict[str, str], timeout: float, git_dir: Path | None = None
+) -> bytes:
+    cmd = ["git"] if git_dir is None else ["git", "--git-dir", str(git_dir)]
+    try:
+        proc = subprocess.run(
+            [*cmd, *args], stdin=subprocess.DEVNULL, capture_output=True,
+            env={**_git_env(), **env}, timeout=timeout, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise GitError(
+            f"git {args[0]} timed out after {timeout:g}s",
+            hint="check the network path to the remote, or raise repository.timeout",
+        ) from None
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+        first = next((i for i, ln in enumerate(lines) if ln.startswith(("fatal:", "error:"))), None)
+        detail = " ".join(ln.strip() for ln in lines[first:]) if first is not None else ""
+        detail = detail or (lines[-1].strip() if lines else f"exit {proc.returncode}")
+        raise GitError(f"git {args[0]} failed: {detail[:400]}")
+    return proc.stdout
+
+
+def ls_remote(url: str, *, env: dict[str, str], timeout: float) -> RemoteHeads:
+    """The branch heads of a remote and the branch its HEAD names, in one connection."""
+    out = _remote_run(
+        ["ls-remote", "--symref", "--", url, "HEAD", "refs/heads/*"], env=env, timeout=timeout
+    )
+    default: str | None = None
+    heads: dict[str, str] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        left, _, name = line.partition("\t")
+        if left.startswith("ref: ") and name == "HEAD":
+            target = left[5:]
+            if target.startswith("refs/heads/"):
+                default = target[len("refs/heads/"):]
+        elif name.startswith("refs/heads/"):
+            heads[name[len("refs/heads/"):]] = left
+    return RemoteHeads(default, heads)
+
+
+def init_bare(path: Path) -> None:
+    """Create an empty bare repository (a mirror) at ``path``."""
+    _remote_run(["init", "--bare", "--quiet", "--", str(path)], env={}, timeout=60.0)
+
+
+def fetch(git_dir: Path, url: str, refspecs: Sequence[str], *, env: dict[str, str], timeout: float) -> None:
+    """Fetch exactly ``refspecs`` from ``url`` into ``git_dir``, all refs or none."""
+    _remote_run(
+        ["fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--no-write-fetch-head",
+         "--atomic", "--", url, *refspecs],
+        env=env, timeout=timeout, git_dir=git_dir,
+    )
+
+
+def check_integrity(git_dir: Path, *, timeout: float = 300.0) -> str | None:
+    """None when every ref's history is present and readable, else git's complaint."""
+    try:
+        _remote_run(
+            ["fsck", "--connectivity-only", "--no-dangling", "--no-progress"],
+            env={}, timeout=timeout, git_dir=git_dir,
+        )
+    except GitError as exc:
+        return exc.message
+    return None
+
+
+def read_path(repo: GitRepo, rev: str, path: str) -> bytes | None:
+    """The content of one file of a commit's tree, or None when the commit has no such file."""
+    out = repo._run(["ls-tree", "-z", "--full-tree", repo.resolve(rev), "--", path])
+    record = out.split(b"\0")[0]
+    meta, _, _name = record.partition(b"\t")
+    parts = meta.split()
+    if len(parts) != 3 or parts[1] != b"blob":
+        return None
+    return repo.read_blob(parts[2].decode())

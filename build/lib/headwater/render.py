@@ -1,0 +1,340 @@
+"""Renderers of a plan: text for a terminal, JSON for programs, Markdown for a pull request.
+
+Pure: each returns a string and never prints. The CLI decides whether to colour the text
+(``NO_COLOR``, ``--no-color``, a terminal) and passes ``color``. Nothing here can show a
+secret value: a plan never holds one (see ``plan.py``); secrets render as ``(sensitive)``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from collections.abc import Callable
+
+from headwater.plan import SENSITIVE, Change, Plan
+
+# GitHub refuses a comment over 65536 characters; keep a margin for what CI wraps around it.
+MAX_COMMENT_CHARS = 60_000
+MAX_UNMANAGED_LISTED = 10
+
+_SYMBOL = {"create": "+", "update": "~", "delete": "-"}
+_GREEN, _YELLOW, _RED, _CYAN, _MAGENTA, _BOLD = "32", "33", "31", "36", "35", "1"
+_COLOR = {"create": _GREEN, "update": _YELLOW, "delete": _RED}
+# Terminal control characters, C1 controls and bidirectional overrides ("trojan source"):
+# shown escaped so content cannot move the cursor, recolour the terminal or hide text.
+_UNSAFE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+_HEX_REV = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
+_BACKTICKS = re.compile("`+")
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
+MAX_TEXT_DIFF_LINES = 4000
+
+
+def plan_text(plan: Plan, color: bool, *, max_diff_lines: int = MAX_TEXT_DIFF_LINES) -> str:
+    """Terraform-like: ``+`` create, ``~`` update, ``-`` delete, ``!`` drift, by namespace.
+
+    Diffs stop after ``max_diff_lines`` lines in all (every change is still listed), so a plan
+    of a hundred thousand creations stays readable; `-o json` carries every diff.
+    """
+    budget = max_diff_lines
+    omitted = 0
+
+    def paint(code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if color else text
+
+    out = [f"Instance {_safe(plan.instance)}: {_revisions(plan)}", ""]
+    for (tenant, namespace), changes in plan.namespaces().items():
+        out.append(paint(_BOLD, _safe(f"{tenant}/{namespace}")))
+        for change in changes:
+            marker = paint(_MAGENTA, "!") if change.drift else " "
+            line = f"{_SYMBOL[change.action]} {change.key.kind} {_safe(change.key.name)}"
+            detail = _detail(change)
+            if change.source:
+                line += f"  ({_safe(change.source)})"
+            out.append(f"{marker} {paint(_COLOR[change.action], line)}{detail}")
+            if change.drift:
+                out.append("      " + paint(_MAGENTA, "! changed outside Git since the last apply"))
+            if change.diff is not None:
+                size = change.diff.rstrip("\n").count("\n") + 1
+                if size <= budget:
+                    budget -= size
+                    out.extend("      " + _diff_line(d, paint) for d in _diff_lines(change.diff))
+                else:
+                    budget = 0
+                    omitted += 1
+        out.append("")
+    if omitted:
+        out.append(f"({omitted} diff(s) omitted past {max_diff_lines} lines; `-o json` has them all)")
+    counts = plan.summary()
+    if counts["drift"]:
+        out.append(paint(_MAGENTA, f"Drift: {_resources(counts['drift'])} changed outside Git."))
+    if plan.unmanaged:
+        out.append(f"Unmanaged: {_resources(len(plan.unmanaged))} left alone (never applied):")
+        out.extend(f"  {_safe(str(key))}" for key in plan.unmanaged[:MAX_UNMANAGED_LISTED])
+        if len(plan.unmanaged) > MAX_UNMANAGED_LISTED:
+            out.append(f"  … and {len(plan.unmanaged) - MAX_UNMANAGED_LISTED} more")
+    if plan.is_empty:
+        out.append(paint(_GREEN, f"No changes. Instance {_safe(plan.instance)} is up to date."))
+    else:
+        out.append(
+            paint(
+                _BOLD,
+                f"Plan: {counts['create']} to create, {counts['update']} to update,"
+                f" {counts['delete']} to delete.",
+            )
+        )
+    return "\n".join(out)
+
+
+def _detail(change: Change) -> str:
+    if change.sensitive:
+        return f" {SENSITIVE}"
+    if change.diff is not None:
+        return ""
+    prefix = " (binary)" if change.binary else ""
+    return f"{prefix} {_hash_change(change)}"
+
+
+def _diff_line(line: str, paint: Callable[[str, str], str]) -> str:
+    if line.startswith(("--- ", "+++ ")):
+        return paint(_BOLD, line)
+    if line.startswith("@@"):
+        return paint(_CYAN, line)
+    if line.startswith("+"):
+        return paint(_GREEN, line)
+    if line.startswith("-"):
+        return paint(_RED, line)
+    return line
+
+
+# --- JSON ------------------------------------------------------------------------------------
+
+
+def plan_json(plan: Plan) -> str:
+    """Stable JSON (sorted keys, indent 2) matching ``schemas/plan.schema.json``."""
+    return json.dumps(plan.to_json(), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+# --- Markdown --------------------------------------------------------------------------------
+
+
+def plan_markdown(plan: Plan, *, max_chars: int = MAX_COMMENT_CHARS) -> str:
+    """A pull-request comment: marker, heading, summary, one collapsible section per namespace.
+
+    The hidden ``<!-- headwater-plan:<instance> -->`` marker lets CI update its one comment.
+    Diffs are cut, with a note, so that the whole comment stays within ``max_chars``.
+    """
+    counts = plan.summary()
+    head = [
+        f"<!-- headwater-plan:{_comment_safe(plan.instance)} -->",
+        f"### Headwater plan for {_code(plan.instance)}",
+        "",
+        _md_revisions(plan),
+        "",
+    ]
+    if plan.is_empty:
+        head.append(f"**No changes.** Instance {_code(plan.instance)} is up to date.")
+    else:
+        head.append(
+            f"**Plan:** {counts['create']} to create, {counts['update']} to update,"
+            f" {counts['delete']} to delete"
+        )
+    head.append("")
+    if counts["drift"]:
+        head += [
+            f"**Drift:** {_resources(counts['drift'])} changed outside Git since the last apply"
+            " (marked below); this plan puts back what Git holds.",
+            "",
+        ]
+    if plan.unmanaged:
+        head += [
+            f"{_resources(len(plan.unmanaged))} on the instance never applied by Headwater,"
+            " left alone.",
+            "",
+        ]
+    return _Budget(max_chars).render("\n".join(head) + "\n", plan)
+
+
+def plans_markdown(plans: list[Plan], *, max_chars: int = MAX_COMMENT_CHARS) -> str:
+    """One comment for several instances: an overview line each, then each plan's sections."""
+    head = ["<!-- headwater-plans -->", "## Headwater plans", ""]
+    for plan in plans:
+        counts = plan.summary()
+        status = (
+            "no changes"
+            if plan.is_empty
+            else f"{counts['create']} to create, {counts['update']} to update,"
+            f" {counts['delete']} to delete"
+        )
+        head.append(f"- {_code(plan.instance)}: {status}")
+    if not plans:
+        head.append("No instance is affected.")
+    text = "\n".join(head) + "\n\n"
+    share = (max_chars - len(text)) // max(len(plans), 1) - 1
+    return text + "".join(plan_markdown(plan, max_chars=share) + "\n" for plan in plans)
+
+
+class _Budget:
+    """Appends sections while they fit; cuts diffs, then drops whole changes, with notes."""
+
+    RESERVE = 300  # room for the closing notes, whatever was cut
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.limit = max_chars - self.RESERVE
+        self.parts: list[str] = []
+        self.used = 0
+
+    def fits(self, text: str, pending: int = 0) -> bool:
+        return self.used + len(text) + pending <= self.limit
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.used += len(text)
+
+    def render(self, head: str, plan: Plan) -> str:
+        self.add(head)
+        hidden = 0
+        for (tenant, namespace), changes in plan.namespaces().items():
+            counts = {action: 0 for action in _SYMBOL}
+            for change in changes:
+                counts[change.action] += 1
+            title = html.escape(_safe(f"{tenant}/{namespace}"))
+            opening = (
+                f"<details><summary>{title} — +{counts['create']} ~{counts['update']}"
+                f" -{counts['delete']}</summary>\n\n"
+            )
+            closing = "</details>\n\n"
+            if hidden or not self.fits(opening, len(closing)):
+                hidden += len(changes)
+                continue
+            self.add(opening)
+            for i, change in enumerate(changes):
+                entry = _md_change(change)
+                if not self.fits(entry, len(closing)):
+                    hidden += len(changes) - i
+                    self.add(f"_… {len(changes) - i} more change(s) not shown._\n\n")
+                    break
+                self.add(entry)
+                if change.diff is not None:
+                    room = min(self.limit - self.used - len(closing), self.max_chars // 4)
+                    self.add(_md_diff(change.diff, room))
+            self.add(closing)
+        if hidden:
+            self.add(
+                f"_{_resources(hidden)} not shown: the comment size limit was reached."
+                " Run `headwater plan` for the full plan._\n"
+            )
+        return "".join(self.parts)
+
+
+def _md_change(change: Change) -> str:
+    line = f"{_code(_SYMBOL[change.action] + ' ' + change.action)} {change.key.kind}"
+    line += f" {_code(change.key.name)}"
+    if change.source:
+        line += f" ({_code(change.source)})"
+    if change.sensitive:
+        line += f" — {SENSITIVE}"
+    elif change.diff is None:
+        what = "binary " if change.binary else ""
+        line += f" — {what}{_hash_change(change, code=True)}"
+    if change.drift:
+        line += " — **drift:** changed outside Git"
+    return line + "\n\n"
+
+
+def _md_diff(diff: str, room: int) -> str:
+    """A ```diff block longer than any backtick run inside, cut to ``room`` characters."""
+    longest = max((len(m) for m in _BACKTICKS.findall(diff)), default=0)
+    fence = "`" * max(3, longest + 1)
+    lines = _diff_lines(diff)
+    overhead = 2 * len(fence) + len("diff\n\n\n")
+    note_room = 80
+    body: list[str] = []
+    size = overhead
+    for line in lines:
+        if size + len(line) + 1 + note_room > room:
+            break
+        body.append(line)
+        size += len(line) + 1
+    if len(body) == len(lines):
+        return f"{fence}diff\n" + "".join(f"{line}\n" for line in body) + f"{fence}\n\n"
+    if not body:
+        return "_Diff not shown: the comment size limit was reached._\n\n" if room > 60 else ""
+    return (
+        f"{fence}diff\n"
+        + "".join(f"{line}\n" for line in body)
+        + f"{fence}\n\n_… diff cut: {len(lines) - len(body)} more line(s)._\n\n"
+    )
+
+
+# --- shared ----------------------------------------------------------------------------------
+
+
+def _diff_lines(diff: str) -> list[str]:
+    return [_safe(line) for line in diff.rstrip("\n").split("\n")]
+
+
+def _safe(text: str) -> str:
+    return _UNSAFE.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _code(text: str) -> str:
+    """An inline code span that holds any text, backticks included."""
+    text = _safe(text)
+    longest = max((len(m) for m in _BACKTICKS.findall(text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _comment_safe(text: str) -> str:
+    return _safe(text).replace("--", "-\u2010")  # "--" could end the HTML comment early
+
+
+def _short_hash(value: str | None) -> str:
+    if value is None:
+        return "(none)"
+    algo, _, digest = value.partition(":")
+    return f"{algo}:{digest[:12]}…" if digest and len(digest) > 12 else value
+
+
+def _hash_change(change: Change, code: bool = False) -> str:
+    def show(value: str | None) -> str:
+        text = _short_hash(value)
+        return _code(text) if code and value is not None else text
+
+    if change.action == "create":
+        return show(change.after_hash)
+    if change.action == "delete":
+        return f"was {show(change.before_hash)}"
+    return f"{show(change.before_hash)} → {show(change.after_hash)}"
+
+
+def _short_rev(rev: str) -> str:
+    return rev[:12] if _HEX_REV.fullmatch(rev) else _safe(rev)
+
+
+def _revisions(plan: Plan) -> str:
+    if plan.base is None:
+        return f"at {_short_rev(plan.revision)}"
+    return f"{_short_rev(plan.base)} → {_short_rev(plan.revision)}"
+
+
+def _md_revisions(plan: Plan) -> str:
+    if plan.base is None:
+        return f"At {_code(_short_rev(plan.revision))}."
+    return f"{_code(_short_rev(plan.base))} → {_code(_short_rev(plan.revision))}"
+
+
+def _resources(count: int) -> str:
+    return f"{count} resource{'' if count == 1 else 's'}"

@@ -1,0 +1,79 @@
+"""Resources: what an instance holds, keyed by (tenant, namespace, kind, name), with content hashes.
+
+A desired state (computed from a commit) and an actual state (read back from a target) are
+both a mapping ``ResourceKey -> Resource``; the plan compares them by hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal["config", "kv", "secret", "file", "flow"]
+KINDS: tuple[Kind, ...] = ("config", "kv", "secret", "file", "flow")  # apply order
+
+
+@dataclass(frozen=True, order=True)
+class ResourceKey:
+    tenant: str
+    namespace: str
+    kind: Kind
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.namespace}/{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One resource: its key, a content hash, and the content itself when it may be shown.
+
+    ``content`` is None for secrets (a secret's value never leaves the provider and the
+    target) and may be None for content read back only as a hash.
+    ``hash`` is ``sha256:<hex>`` of the content, or ``hmac:<hex>`` for a secret value.
+    """
+
+    key: ResourceKey
+    hash: str
+    content: bytes | None = field(default=None, compare=False, repr=False)
+    binary: bool = False
+    # Where the content comes from, for display: "tenants/acme/company/flows/hello.yaml".
+    source: str = ""
+
+
+def content_hash(content: bytes) -> str:
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+def secret_hash(key: bytes, value: str | None) -> str:
+    """A keyed hash of a secret value: detects a change without storing or showing the value."""
+    if value is None:
+        return "hmac:missing"
+    return "hmac:" + hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def is_binary(content: bytes) -> bool:
+    if b"\x00" in content[:8192]:
+        return True
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+def make(
+    tenant: str, namespace: str, kind: Kind, name: str, content: bytes, source: str = ""
+) -> Resource:
+    return Resource(
+        ResourceKey(tenant, namespace, kind, name),
+        content_hash(content),
+        content,
+        is_binary(content),
+        source,
+    )
+
+
+State = dict[ResourceKey, Resource]
