@@ -23,8 +23,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
+comma := ,
+BENCH_REPO = benchmarks/.work/$(firstword $(subst $(comma), ,$(SIZE)))-seed42-v1/repo.git
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --size $(SIZE)
+	$(BIN)/python benchmarks/daemon_latency.py $(BENCH_REPO) --samples 10 --poll-interval 2s --idle 60s
 
 clean:
 	rm -rf $(VENV) .headwater .demo
