@@ -7,10 +7,11 @@ secret providers are built from the settings, so the CLI and the daemon share on
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import getpass
 import json
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,15 @@ from typing import Any
 from headwater import plan as planning
 from headwater import snapshot
 from headwater.cache import ResultCache
-from headwater.errors import Diagnostic, HeadwaterError, PlanRefused, StateError, ValidationFailed
+from headwater.cache import key as cache_key
+from headwater.errors import (
+    ContentMissing,
+    Diagnostic,
+    HeadwaterError,
+    PlanRefused,
+    StateError,
+    ValidationFailed,
+)
 from headwater.gitrepo import GitRepo
 from headwater.resources import Resource, ResourceKey, State, content_hash, is_binary, secret_hash
 from headwater.secrets import (
@@ -60,6 +69,7 @@ class Desired:
     calls: dict[ResourceKey, set[ResourceKey]]
     secrets: SecretValues
     missing_secrets: tuple[ResourceKey, ...]
+    sources: dict[ResourceKey, str] = dataclasses.field(default_factory=dict)  # blob id of files and flows
 
 
 @dataclass(frozen=True)
@@ -132,19 +142,24 @@ class Engine:
             )
         return snap.report([instance])
 
-    def desired(self, snap: snapshot.Snapshot, instance: str) -> Desired:
+    def desired(self, snap: snapshot.Snapshot, instance: str, *, content: bool = True) -> Desired:
+        """The desired state of ``instance`` at the snapshot's commit.
+
+        Blob hashes come from the result cache by blob id; with ``content=False`` files and
+        flows carry no content (``with_content`` loads it where it is needed), so an unchanged
+        repository is not read again.
+        """
         view = snap.view(instance)
         oids = {info.entry.oid for ns in view.namespaces.values() for info in ns.flows.values()}
         oids |= {entry.oid for ns in view.namespaces.values() for (_o, entry) in ns.files.values()}
-        blobs = self.repo.read_blobs(sorted(oids))
-        hashes: dict[str, tuple[str, bool]] = {}
+        hashes = self._blob_hashes(oids)
+        blobs = self.repo.read_blobs(sorted(oids)) if content else {}
+        sources: dict[ResourceKey, str] = {}
 
         def blob_resource(key: ResourceKey, oid: str, source: str) -> Resource:
-            known = hashes.get(oid)
-            data = blobs[oid]
-            if known is None:
-                known = hashes[oid] = (content_hash(data), is_binary(data))
-            return Resource(key, known[0], data, known[1], source)
+            digest, binary = hashes[oid]
+            sources[key] = oid
+            return Resource(key, digest, blobs.get(oid), binary, source)
 
         state: State = {}
         calls: dict[ResourceKey, set[ResourceKey]] = {}
@@ -179,7 +194,37 @@ class Engine:
                         for call in info.refs.subflows
                         if not call.dynamic
                     }
-        return Desired(snap.revision, state, calls, secret_values, tuple(missing))
+        return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources)
+
+    def _blob_hashes(self, oids: set[str]) -> dict[str, tuple[str, bool]]:
+        """sha256 and binary flag of each blob, from the cache or read once and remembered."""
+        keys = {oid: cache_key("blob", oid) for oid in oids}
+        known = self.cache.get_many(keys.values())
+        result: dict[str, tuple[str, bool]] = {}
+        missing = []
+        for oid, key in keys.items():
+            if key in known:
+                result[oid] = known[key]
+            else:
+                missing.append(oid)
+        fresh: dict[str, Any] = {}
+        for oid, data in self.repo.read_blobs(missing).items():
+            result[oid] = fresh[keys[oid]] = (content_hash(data), is_binary(data))
+        self.cache.put_many(fresh)
+        return result
+
+    def with_content(self, desired: Desired, keys: Iterable[ResourceKey] | None = None) -> Desired:
+        """``desired`` with the content of ``keys`` (default: every blob resource) loaded."""
+        wanted = [k for k in (desired.sources if keys is None else keys)
+                  if k in desired.sources and desired.state[k].content is None]
+        if not wanted:
+            return desired
+        blobs = self.repo.read_blobs(sorted({desired.sources[k] for k in wanted}))
+        state = dict(desired.state)
+        for k in wanted:
+            res = state[k]
+            state[k] = Resource(k, res.hash, blobs[desired.sources[k]], res.binary, res.source)
+        return dataclasses.replace(desired, state=state)
 
     def valid_snapshot(self, rev: str, instance: str, *, record: bool = False) -> snapshot.Snapshot:
         """The snapshot at ``rev``; ValidationFailed (recorded when asked) if it has errors."""
@@ -196,9 +241,10 @@ class Engine:
     def plan(self, instance: str, rev: str) -> PlanResult:
         """What applying ``rev`` to the instance would change, drift included."""
         snap = self.valid_snapshot(rev, instance)
-        desired = self.desired(snap, instance)
         target = self.target(instance)
         actual = target.inventory()
+        desired = self.desired(snap, instance, content=False)
+        desired = self.with_content(desired, _differing(desired.state, actual))
         managed = self.store.inventory(instance)
         current = target.current_revision()
         result = planning.compute(
@@ -211,11 +257,14 @@ class Engine:
     def compare(self, instance: str, base: str, head: str) -> PlanResult:
         """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed."""
         head_snap = self.valid_snapshot(head, instance)
-        head_state = self.desired(head_snap, instance)
+        head_state = self.desired(head_snap, instance, content=False)
         base_snap = self.load(base)
         base_state: State = {}
         if instance in base_snap.instances:
-            base_state = self.desired(base_snap, instance).state
+            base_desired = self.desired(base_snap, instance, content=False)
+            base_desired = self.with_content(base_desired, _differing(base_desired.state, head_state.state))
+            base_state = base_desired.state
+        head_state = self.with_content(head_state, _differing(head_state.state, base_state))
         result = planning.compare_refs(
             base_state, head_state.state, instance=instance, base_rev=base_snap.revision,
             head_rev=head_snap.revision, calls=head_state.calls,
@@ -242,11 +291,12 @@ class Engine:
         trigger = trigger or default_trigger()
         snap = self.valid_snapshot(rev, instance, record=True)
         spec = snap.instances[instance]
-        desired = self.desired(snap, instance)
+        desired = self.desired(snap, instance, content=False)
         target = self.target(instance)
         with self.store.lock(instance, trigger):
             self.reconcile(instance)
             actual = target.inventory()
+            desired = self.with_content(desired, _differing(desired.state, actual))
             managed = self.store.inventory(instance)
             result = planning.compute(
                 desired.state, _with_content(actual, target, desired.state), instance=instance,
@@ -274,8 +324,15 @@ class Engine:
             ):
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
+            # The target rebuilds the namespaces that change; it reuses the others by hash.
+            touched = {(c.key.tenant, c.key.namespace) for c in result.changes}
+            desired = self.with_content(desired, [k for k in desired.sources if (k.tenant, k.namespace) in touched])
             try:
-                target.apply(snap.revision, desired.state, desired.secrets)
+                try:
+                    target.apply(snap.revision, desired.state, desired.secrets)
+                except ContentMissing:  # it could not reuse something after all: give it everything
+                    desired = self.with_content(desired)
+                    target.apply(snap.revision, desired.state, desired.secrets)
             except BaseException as exc:
                 if target.current_revision() == snap.revision:
                     # Interrupted after the atomic swap: the apply took effect; record it as such.
@@ -330,6 +387,11 @@ def ns_source(snap: snapshot.Snapshot, tenant: str, namespace: str) -> str:
     if node is not None and node.config is not None:
         return node.config.path
     return f"{tenant}/{namespace} config"
+
+
+def _differing(desired: State, other: State) -> list[ResourceKey]:
+    """Keys whose content differs between the two states (or that ``other`` lacks)."""
+    return [k for k, res in desired.items() if (o := other.get(k)) is None or o.hash != res.hash]
 
 
 def _with_content(actual: State, target: LocalTarget, desired: State) -> State:

@@ -5,6 +5,7 @@
      ├── ConfigError               the daemon's or the CLI's own settings are wrong
      ├── ValidationFailed          a commit has validation errors; carries every Diagnostic
      ├── TargetError               a target could not be read or written
+     │    └── ContentMissing       it needs content that was given by hash only
      ├── StateError                the state store is unusable or locked
      └── PlanRefused               a plan is stale, or a safety guard (mass delete) refused it
 
@@ -85,6 +86,10 @@ class ValidationFailed(HeadwaterError):
 
 class TargetError(HeadwaterError):
     """A target could not be read or written."""
+
+
+class ContentMissing(TargetError):
+    """A target needs the content of a resource that was given by hash only."""
 
 
 class StateError(HeadwaterError):

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from headwater.errors import TargetError
+from headwater.errors import ContentMissing, TargetError
 from headwater.resources import (
     Kind,
     Resource,
@@ -159,7 +159,7 @@ def prepare(wanted: Wanted, secrets: SecretValues, contents: dict[str, bytes]) -
             build.rows.append(Row(key.kind, key.name, res.hash))
             continue
         if res.content is None:
-            raise TargetError(f"{key} has no content to apply")
+            raise ContentMissing(f"{key} has no content to apply")
         if content_hash(res.content) != res.hash:
             raise TargetError(f"{key}: content does not match its hash {res.hash}")
         if key.kind == "kv":
