@@ -40,11 +40,11 @@ import secrets as _random
 import shutil
 import stat
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from headwater.errors import TargetError
 from headwater.resources import Resource, ResourceKey, State
@@ -718,38 +718,14 @@ class LocalTarget:
         return None
 
     def _revision(self, dirname: str) -> _Revision:
-        path = self.revisions_dir / dirname / MANIFEST
-        st = os.stat(path)
-        stamp = (st.st_ino, st.st_mtime_ns)
-        cached = self._revision_cache.get(dirname)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        try:
-            manifest = _Revision.from_json(json.loads(path.read_bytes()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise TargetError(
-                f"the manifest of {path.parent} is unreadable",
-                hint="apply the revision again from Git",
-            ) from e
-        self._revision_cache[dirname] = (stamp, manifest)
-        return manifest
+        return _read_manifest(
+            self.revisions_dir / dirname / MANIFEST, self._revision_cache, dirname, _Revision.from_json
+        )
 
     def _space(self, sid: str) -> SpaceManifest:
-        path = self.spaces_dir / sid / SPACE_MANIFEST
-        st = os.stat(path)
-        stamp = (st.st_ino, st.st_mtime_ns)
-        cached = self._space_cache.get(sid)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        try:
-            manifest = SpaceManifest.from_json(json.loads(path.read_bytes()))
-        except (ValueError, KeyError, TypeError) as e:
-            raise TargetError(
-                f"the manifest of {path.parent} is unreadable",
-                hint="apply the revision again from Git",
-            ) from e
-        self._space_cache[sid] = (stamp, manifest)
-        return manifest
+        return _read_manifest(
+            self.spaces_dir / sid / SPACE_MANIFEST, self._space_cache, sid, SpaceManifest.from_json
+        )
 
     def _namespace_folder(self, dirname: str, tenant: str, namespace: str) -> str | None:
         """The real folder behind ``<revision>/<tenant>/<namespace>``: the tree of the space
@@ -815,3 +791,25 @@ class LocalTarget:
                 if clean:
                     self._verified[sid] = now
         return state
+
+
+_M = TypeVar("_M")
+
+
+def _read_manifest(
+    path: Path, cache: dict[str, tuple[tuple[int, int], _M]], name: str, parse: Callable[[Any], _M]
+) -> _M:
+    """A manifest file, parsed once per version of the file (inode and mtime)."""
+    st = os.stat(path)
+    stamp = (st.st_ino, st.st_mtime_ns)
+    cached = cache.get(name)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        manifest = parse(json.loads(path.read_bytes()))
+    except (ValueError, KeyError, TypeError) as e:
+        raise TargetError(
+            f"the manifest of {path.parent} is unreadable", hint="apply the revision again from Git"
+        ) from e
+    cache[name] = (stamp, manifest)
+    return manifest
