@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headwater.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "sample-repo"
@@ -58,3 +65,27 @@ def sample_repo(path: Path) -> Path:
     commit(path, "sample repository")
     git(path, "branch", "dev")
     return path
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one in-process run of the CLI printed and returned."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> Result:
+    """The real `headwater` entry point, in-process; its exit code and captured output."""
+    capsys.readouterr()
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return Result(code, out, err)

@@ -10,21 +10,15 @@ from typing import Any
 
 import pytest
 
-from headwater.cli.main import main
-from tests.gitutil import commit, git
+from tests.gitutil import commit, git, run_cli
 
 FLOW = "tenants/acme/company/team/flows"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return code, out, err
+    result = run_cli(capsys, *args)
+    assert "Traceback" not in result.out + result.err
+    return result.code, result.out, result.err
 
 
 def validate_json(capsys: pytest.CaptureFixture[str], repo: Path, *extra: str) -> tuple[int, dict[str, Any]]:

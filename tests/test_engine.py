@@ -9,27 +9,15 @@ import os
 import re
 import stat
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from headwater.cli.main import main
 from headwater.resources import ResourceKey
 from headwater.state import StateStore
 from headwater.targets.local import LocalTarget
-from tests.gitutil import commit, git
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
+from tests.gitutil import Result, commit, git, run_cli
 
 
 class Headwater:
@@ -39,14 +27,7 @@ class Headwater:
         self.repo, self.state, self.capsys = repo, state, capsys
 
     def run(self, *argv: str) -> Result:
-        self.capsys.readouterr()
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = self.capsys.readouterr()
-        return Result(code, out, err)
+        return run_cli(self.capsys, *argv)
 
     def cmd(self, command: str, *args: str) -> Result:
         return self.run(command, "-C", str(self.repo), "--state-dir", str(self.state), *args)

@@ -18,13 +18,12 @@ from typing import Any
 import pytest
 
 from headwater import promote, settings
-from headwater.cli.main import main
 from headwater.engine import Engine
 from headwater.errors import HeadwaterError
 from headwater.gitrepo import GitRepo
 from headwater.promote import PromotionInvalid, PromotionRefused, Request
 from headwater.snapshot import parse_duration
-from tests.gitutil import commit, git, sample_repo
+from tests.gitutil import Result, commit, git, run_cli, sample_repo
 
 SECRET = "hunter2-never-shown-7f3a"
 TEAM_NS = "tenants/acme/company/team/namespace.yaml"
@@ -32,16 +31,6 @@ TEAM_FLOW = "tenants/acme/company/team/flows/ingest.yaml"
 PROJECT_FLOW = "tenants/acme/company/team/project-a/flows/report.yaml"
 COMPANY_FLOW = "tenants/acme/company/flows/hello.yaml"
 CAMPAIGN_FLOW = "tenants/acme/marketing.emea/flows/campaign.yaml"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
 
 
 @dataclass
@@ -54,14 +43,7 @@ class World:
     capsys: pytest.CaptureFixture[str]
 
     def run(self, *argv: str) -> Result:
-        self.capsys.readouterr()
-        try:
-            main(list(argv))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        out, err = self.capsys.readouterr()
-        return Result(code, out, err)
+        return run_cli(self.capsys, *argv)
 
     def cmd(self, command: str, *args: str) -> Result:
         return self.run(command, "-C", str(self.work), "--state-dir", str(self.state), *args)

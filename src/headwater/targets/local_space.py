@@ -270,6 +270,19 @@ def read_unmanaged(folder: str, tenant: str, namespace: str) -> State:
     return state
 
 
+def _recorded_and_untouched(
+    state: State, rel: str, rows: list[Row], st: os.stat_result, manifest: SpaceManifest
+) -> bool:
+    """When the file is as it was written, its resources are the recorded rows: no read."""
+    rec = manifest.files.get(rel)
+    if not rows or rec is None or not rec.matches(st):
+        return False
+    for row in rows:
+        key = manifest.key(row)
+        state[key] = Resource(key, row.hash, None, False, rel)
+    return True
+
+
 def _read_kv(
     state: State, tree: str, rel: str, rows: list[Row], found: dict[str, os.stat_result],
     manifest: SpaceManifest,
@@ -277,11 +290,7 @@ def _read_kv(
     st = found.get(rel)
     if st is None:
         return False
-    rec = manifest.files.get(rel)
-    if rows and rec is not None and rec.matches(st):
-        for row in rows:
-            key = manifest.key(row)
-            state[key] = Resource(key, row.hash, None, False, rel)
+    if _recorded_and_untouched(state, rel, rows, st, manifest):
         return True
     data = read_under(tree, rel)
     values = None if data is None else kv_values(data)
@@ -305,11 +314,7 @@ def _read_secrets(
     st = found.get(rel)
     if st is None:
         return False
-    rec = manifest.files.get(rel)
-    if rows and rec is not None and rec.matches(st):
-        for row in rows:
-            key = manifest.key(row)
-            state[key] = Resource(key, row.hash, None, False, rel)
+    if _recorded_and_untouched(state, rel, rows, st, manifest):
         return True
     data = read_under(tree, rel)
     lines = None if data is None else secret_lines(data)
