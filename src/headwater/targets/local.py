@@ -206,7 +206,7 @@ class LocalTarget:
         )
 
     def inventory(self) -> State:
-        for _ in range(3):
+        for _ in range(10):
             d = self._current_dir()
             if d is None:
                 return {}
@@ -221,7 +221,10 @@ class LocalTarget:
                     f"cannot read instance {self.root}: {e.strerror}",
                     hint="check the permissions of the instance directory",
                 ) from e
-            if self._current_dir() == d:
+            # Revision folders are immutable and a pruned one is renamed away before it is
+            # removed: if it is still in place, what was read is that whole revision, the
+            # one that was current when the read began.
+            if (self.revisions_dir / d / REVISION_META).is_file():
                 return state
         raise TargetError(f"instance {self.root} kept changing while it was read", hint="retry")
 
