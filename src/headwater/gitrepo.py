@@ -32,6 +32,18 @@ class TreeEntry:
     size: int  # -1 for submodules
 
 
+@dataclass(frozen=True)
+class TreeChange:
+    """One path that differs between two commits (``git diff-tree --raw``)."""
+
+    status: str  # A, D, M, T
+    path: str
+    old_mode: str
+    new_mode: str
+    old_oid: str
+    new_oid: str
+
+
 def _git_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("GIT_TERMINAL_PROMPT", "0")
@@ -197,6 +209,20 @@ class GitRepo:
             (fields[i].decode(), fields[i + 1].decode("utf-8", "backslashreplace"))
             for i in range(0, len(fields) - 1, 2)
         ]
+
+    def changes(self, old: str, new: str) -> list[TreeChange]:
+        """Every changed path between two commits, with modes and blob ids, in one call."""
+        out = self._run(["diff-tree", "-r", "-z", "--no-renames", "--raw", old, new])
+        fields = out.split(b"\0")
+        result: list[TreeChange] = []
+        for i in range(0, len(fields) - 1, 2):
+            meta, raw_path = fields[i], fields[i + 1]
+            if not meta.startswith(b":"):
+                break
+            old_mode, new_mode, old_oid, new_oid, status = meta[1:].decode().split()
+            path = raw_path.decode("utf-8", "backslashreplace")
+            result.append(TreeChange(status[0], path, old_mode, new_mode, old_oid, new_oid))
+        return result
 
     # -- writing: trees, commits, branches (promotion and `rollback --git`) ------------------
     # Objects are written without a working copy; refs only move by compare-and-swap.

@@ -7,7 +7,9 @@ number of commits or instances that contain it.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +31,7 @@ NAMESPACE_SCHEMA = "namespace.schema.json"
 REPO_SCHEMA = "headwater.schema.json"
 _DURATION = re.compile(r"^(?:\d+[smhdw])+$")
 _PART = re.compile(r"(\d+)([smhdw])")
+_MAX_FILE_BYTES = layout.DEFAULT_MAX_FILE_BYTES
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -80,11 +83,24 @@ class NamespaceView:
     flows: dict[str, FlowInfo]
 
 
+NsKey = tuple[str, str]
+
+
 @dataclass
 class InstanceView:
     spec: InstanceSpec
-    namespaces: dict[tuple[str, str], NamespaceView]
-    diagnostics: list[Diagnostic]
+    namespaces: dict[NsKey, NamespaceView]
+    # Diagnostics by where they come from: "" the repository layers, ("tenant", t) a tenant's
+    # merge, ("merge", t, ns) a namespace's merge, ("check", t, ns) its reference checks.
+    parts: dict[Any, list[Diagnostic]]
+    root: inherit.Effective  # the repository's layers, merged
+    bases: dict[str, inherit.Effective]  # tenant → the effective config its namespaces start from
+    files_inherit: dict[NsKey, bool]
+
+    @functools.cached_property
+    def diagnostics(self) -> list[Diagnostic]:
+        found = {d for part in self.parts.values() for d in part}
+        return sorted(found, key=lambda d: (d.path, d.line or 0, d.code, d.message))
 
 
 @dataclass
@@ -97,13 +113,38 @@ class Snapshot:
     flows: dict[tuple[str, str, str], FlowInfo]
     diagnostics: list[Diagnostic]  # instance-independent problems
     registry: TypeRegistry
+    # What an incremental update (``update``) needs: the diagnostics of the layout and of
+    # headwater.yaml, those of each parsed flow and config by path, the loading options.
+    fixed_diagnostics: list[Diagnostic] = field(default_factory=list)
+    parsed: dict[str, list[Diagnostic]] = field(default_factory=dict)
+    max_file_bytes: int = _MAX_FILE_BYTES
+    extra_types: tuple[str, ...] = ()
     _views: dict[str, InstanceView] = field(default_factory=dict)
+    _paths: dict[str, tuple[str, str, str, str]] | None = None
 
     def view(self, instance: str) -> InstanceView:
         cached = self._views.get(instance)
         if cached is None:
             cached = self._views[instance] = _build_view(self, self.instances[instance])
         return cached
+
+    def path_index(self) -> dict[str, tuple[str, str, str, str]]:
+        """Repository path → (role, tenant, namespace, name) of every file in the model; role
+        is ``flow``, ``file``, ``config`` or ``tenant``."""
+        if self._paths is None:
+            index: dict[str, tuple[str, str, str, str]] = {}
+            for t in self.layout.tenants.values():
+                if t.config is not None:
+                    index[t.config.path] = ("tenant", t.name, "", "")
+                for ns in t.namespaces.values():
+                    if ns.config is not None:
+                        index[ns.config.path] = ("config", t.name, ns.name, "")
+                    for fid, e in ns.flows.items():
+                        index[e.path] = ("flow", t.name, ns.name, fid)
+                    for rel, e in ns.files.items():
+                        index[e.path] = ("file", t.name, ns.name, rel)
+            self._paths = index
+        return self._paths
 
     def report(self, instances: Iterable[str]) -> list[Diagnostic]:
         """Every diagnostic for the given instances, instance-specific ones labelled."""
@@ -231,6 +272,7 @@ def load(
     blobs = repo.read_blobs(needed)
     fresh: dict[str, Any] = {}
 
+    parsed: dict[str, list[Diagnostic]] = {}
     configs: dict[str, yamlio.Document] = {}
     for entry in config_entries:
         ckey = config_keys[entry.path]
@@ -239,7 +281,7 @@ def load(
         else:
             doc, found = _parse_config(blobs[entry.oid], entry.path, entry.oid, NAMESPACE_SCHEMA)
             fresh[ckey] = (doc, found)
-        diags.extend(found)
+        parsed[entry.path] = found
         if doc is not None:
             configs[entry.path] = doc
 
@@ -252,11 +294,18 @@ def load(
             found, refs = known[fkey]
         else:
             found, refs = fresh[fkey] = validated[entry.path]
-        diags.extend(found)
+        parsed[entry.path] = found
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, entry, refs)
     store.put_many(fresh)
 
-    return Snapshot(sha, tree, repo_doc, instances, configs, flows, diags, registry)
+    return Snapshot(
+        sha, tree, repo_doc, instances, configs, flows, [*diags, *_flatten(parsed)], registry,
+        fixed_diagnostics=diags, parsed=parsed, max_file_bytes=int(max_bytes), extra_types=tuple(extra),
+    )
+
+
+def _flatten(parsed: Mapping[str, list[Diagnostic]]) -> list[Diagnostic]:
+    return [d for found in parsed.values() for d in found]
 
 
 def _get(value: Mapping[str, Any], *keys: str, default: Any = None) -> Any:
@@ -309,46 +358,214 @@ def _files_inherit(doc: yamlio.Document | None, instance: str) -> bool:
 
 
 def _build_view(snap: Snapshot, spec: InstanceSpec) -> InstanceView:
-    diags: list[Diagnostic] = []
     root, found = inherit.merge(inherit.repository_layers(snap.repo_doc, spec.name))
-    diags.extend(found)
-    namespaces: dict[tuple[str, str], NamespaceView] = {}
+    view = InstanceView(spec, {}, {"": found}, root, {}, {})
     for tenant in sorted(snap.layout.tenants.values(), key=lambda t: t.name):
-        if not spec.carries(tenant.name):
+        if spec.carries(tenant.name):
+            _tenant_base(snap, view, tenant)
+            for name in sorted(tenant.namespaces, key=_depth_order):
+                _namespace_view(snap, view, tenant, name, merge=True)
+    for key in view.namespaces:
+        _check(snap, view, key)
+    return view
+
+
+def _depth_order(name: str) -> tuple[int, str]:
+    return (name.count("."), name)
+
+
+def _tenant_base(snap: Snapshot, view: InstanceView, tenant: layout.Tenant) -> None:
+    base, found = view.root, list[Diagnostic]()
+    if tenant.config is not None:
+        doc = snap.configs.get(tenant.config.path)
+        layers = inherit.config_layers(tenant.config.path, f"tenant {tenant.name}", doc, view.spec.name)
+        base, found = inherit.merge(layers, view.root)
+    view.bases[tenant.name] = base
+    view.parts[("tenant", tenant.name)] = found
+
+
+def _namespace_view(
+    snap: Snapshot, view: InstanceView, tenant: layout.Tenant, name: str, *, merge: bool
+) -> None:
+    """(Re)build one namespace's view; its parent's must be up to date. Without ``merge`` the
+    effective config is kept (only its flows or files changed)."""
+    key = (tenant.name, name)
+    ns = tenant.namespaces[name]
+    doc = snap.configs.get(ns.config.path) if ns.config is not None else None
+    old = view.namespaces.get(key)
+    if merge or old is None:
+        effective = view.namespaces[(tenant.name, ns.parent)].effective if ns.parent else view.bases[tenant.name]
+        found: list[Diagnostic] = []
+        if ns.config is not None:
+            layers = inherit.config_layers(ns.config.path, f"namespace {name}", doc, view.spec.name)
+            effective, found = inherit.merge(layers, effective)
+        view.parts[("merge", *key)] = found
+    else:
+        effective = old.effective
+    view.files_inherit[key] = _files_inherit(doc, view.spec.name)
+    chain = []
+    for ancestor in ns.ancestry():
+        node = tenant.namespaces.get(ancestor)
+        inherits = view.files_inherit.get((tenant.name, ancestor), True)
+        chain.append((ancestor, node.files if node is not None else {}, inherits))
+    files = inherit.effective_files(chain)
+    flows = {fid: snap.flows[(tenant.name, name, fid)] for fid in ns.flows if (tenant.name, name, fid) in snap.flows}
+    view.namespaces[key] = NamespaceView(tenant.name, name, effective, files, flows)
+
+
+def _check(snap: Snapshot, view: InstanceView, key: NsKey) -> None:
+    view.parts[("check", *key)] = check_namespace(view.namespaces[key], view.namespaces, snap)
+
+
+# -- incremental update ----------------------------------------------------------------------
+
+
+@dataclass
+class Update:
+    """A snapshot derived from an earlier one by the paths that changed between them."""
+
+    snapshot: Snapshot
+    changed: dict[str, tuple[str, str, str, str]]  # path → its place (``Snapshot.path_index``)
+    # Per instance: namespaces whose effective config was recomputed (below a changed
+    # namespace.yaml or tenant.yaml), and every namespace whose resources may differ.
+    remerged: dict[str, set[NsKey]] = field(default_factory=dict)
+    touched: dict[str, set[NsKey]] = field(default_factory=dict)
+
+
+def update(
+    old: Snapshot, repo: GitRepo, rev: str, *, cache: ResultCache | None = None
+) -> Update | None:
+    """The snapshot at ``rev`` derived from ``old`` with work proportional to the change.
+
+    Handles commits that only edit flows, namespace files, ``namespace.yaml`` and
+    ``tenant.yaml`` in place (the common case); None when anything else changed (a path
+    added, removed or retyped, ``headwater.yaml``, ``.headwaterignore``, a file over the size
+    limit…): then ``load`` the commit instead. The result equals what ``load`` gives.
+    """
+    sha = repo.resolve(rev)
+    index = old.path_index()
+    changed: dict[str, tuple[str, str, str, str]] = {}
+    new_oids: dict[str, str] = {}
+    for change in repo.changes(old.revision, sha):
+        if change.path in (layout.REPO_CONFIG, layout.IGNORE_FILE):
+            return None
+        place = index.get(change.path)
+        if place is None:
+            if change.path.startswith(layout.TENANTS_DIR + "/"):
+                return None  # a path the model ignores today (or a new one) may count tomorrow
+            continue  # README, CI files: outside the model
+        if change.status != "M" or change.old_mode != change.new_mode:
+            return None
+        changed[change.path] = place
+        new_oids[change.path] = change.new_oid
+    if not changed:
+        return Update(dataclasses.replace(old, revision=sha, _views=dict(old._views), _paths=old._paths), {})
+
+    blobs = repo.read_blobs(new_oids.values())
+    if any(len(blobs[oid]) > old.max_file_bytes for oid in new_oids.values()):
+        return None
+    tree = _relayout(old, changed, new_oids, blobs)
+    store = cache if cache is not None else ResultCache(None)
+    parsed = dict(old.parsed)
+    configs = dict(old.configs)
+    flows = dict(old.flows)
+    fresh: dict[str, Any] = {}
+    todo = []
+    for path, (role, _t, ns, name) in changed.items():
+        oid = new_oids[path]
+        if role in ("config", "tenant"):
+            ckey = cache_key("config", oid, path)
+            known = store.get_many([ckey])
+            doc, found = known[ckey] if ckey in known else _parse_config(blobs[oid], path, oid, NAMESPACE_SCHEMA)
+            fresh[ckey] = (doc, found)
+            parsed[path] = found
+            configs.pop(path, None)
+            if doc is not None:
+                configs[path] = doc
+        elif role == "flow":
+            todo.append((oid, path, name, ns))
+    validated = validate_many(repo, todo, old.registry, list(old.extra_types))
+    for oid, path, fid, ns in todo:
+        found, refs = fresh[cache_key("flow", oid, path, old.registry.fingerprint, fid, ns)] = validated[path]
+        parsed[path] = found
+        tenant = changed[path][1]
+        flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, tree.tenants[tenant].namespaces[ns].flows[fid], refs)
+    store.put_many(fresh)
+
+    snap = dataclasses.replace(
+        old, revision=sha, layout=tree, configs=configs, flows=flows, parsed=parsed,
+        diagnostics=[*old.fixed_diagnostics, *_flatten(parsed)], _views={}, _paths=old._paths,
+    )
+    result = Update(snap, changed)
+    for name, view in old._views.items():
+        spec = snap.instances[name]
+        snap._views[name], result.remerged[name], result.touched[name] = _update_view(snap, spec, view, changed)
+    return result
+
+
+def _relayout(
+    old: Snapshot, changed: Mapping[str, tuple[str, str, str, str]], oids: Mapping[str, str],
+    blobs: Mapping[str, bytes],
+) -> layout.Layout:
+    """``old.layout`` with the changed entries' blob ids (copy on write: unchanged tenants and
+    namespaces are shared with the old layout)."""
+    tenants = dict(old.layout.tenants)
+    copied: set[tuple[str, str]] = set()
+    for path, (role, t, ns, name) in changed.items():
+        if (t, "") not in copied:
+            tenants[t] = dataclasses.replace(tenants[t], namespaces=dict(tenants[t].namespaces))
+            copied.add((t, ""))
+        tenant = tenants[t]
+        if role == "tenant":
+            assert tenant.config is not None
+            tenant.config = _retarget(tenant.config, oids[path], blobs)
             continue
-        base = root
-        if tenant.config is not None:
-            doc = snap.configs.get(tenant.config.path)
-            base, found = inherit.merge(
-                inherit.config_layers(tenant.config.path, f"tenant {tenant.name}", doc, spec.name), base
-            )
-            diags.extend(found)
-        effective_of: dict[str, inherit.Effective] = {}
-        inherit_of: dict[str, bool] = {}
-        for name in sorted(tenant.namespaces, key=lambda n: (n.count("."), n)):
-            ns = tenant.namespaces[name]
-            parent = ns.parent
-            effective = effective_of[parent] if parent is not None else base
-            doc = snap.configs.get(ns.config.path) if ns.config is not None else None
-            if ns.config is not None:
-                effective, found = inherit.merge(
-                    inherit.config_layers(ns.config.path, f"namespace {name}", doc, spec.name), effective
-                )
-                diags.extend(found)
-            effective_of[name] = effective
-            inherit_of[name] = _files_inherit(doc, spec.name)
-            chain = []
-            for ancestor in ns.ancestry():
-                node = tenant.namespaces.get(ancestor)
-                chain.append((ancestor, node.files if node is not None else {}, inherit_of.get(ancestor, True)))
-            files = inherit.effective_files(chain)
-            flows = {
-                fid: snap.flows[(tenant.name, name, fid)]
-                for fid in ns.flows
-                if (tenant.name, name, fid) in snap.flows
-            }
-            namespaces[(tenant.name, name)] = NamespaceView(tenant.name, name, effective, files, flows)
-    for view in namespaces.values():
-        diags.extend(check_namespace(view, namespaces, snap))
-    unique = sorted(set(diags), key=lambda d: (d.path, d.line or 0, d.code, d.message))
-    return InstanceView(spec, namespaces, unique)
+        if (t, ns) not in copied:
+            node = tenant.namespaces[ns]
+            tenant.namespaces[ns] = dataclasses.replace(node, flows=dict(node.flows), files=dict(node.files))
+            copied.add((t, ns))
+        node = tenant.namespaces[ns]
+        if role == "config":
+            assert node.config is not None
+            node.config = _retarget(node.config, oids[path], blobs)
+        elif role == "flow":
+            node.flows[name] = _retarget(node.flows[name], oids[path], blobs)
+        else:
+            node.files[name] = _retarget(node.files[name], oids[path], blobs)
+    return dataclasses.replace(old.layout, tenants=tenants)
+
+
+def _retarget(entry: TreeEntry, oid: str, blobs: Mapping[str, bytes]) -> TreeEntry:
+    return dataclasses.replace(entry, oid=oid, size=len(blobs[oid]))
+
+
+def _update_view(
+    snap: Snapshot, spec: InstanceSpec, old: InstanceView, changed: Mapping[str, tuple[str, str, str, str]]
+) -> tuple[InstanceView, set[NsKey], set[NsKey]]:
+    """``old`` brought to ``snap``: effective configs are merged again only below a changed
+    config, file sets rebuilt only below a changed file, checks rerun only where a flow or
+    what it is checked against changed."""
+    view = InstanceView(
+        spec, dict(old.namespaces), dict(old.parts), old.root, dict(old.bases), dict(old.files_inherit)
+    )
+    remerge: set[NsKey] = set()
+    rebuild: set[NsKey] = set()
+    for role, t, ns, _name in changed.values():
+        tenant = snap.layout.tenants[t]
+        if not spec.carries(t):
+            continue
+        if role == "tenant":
+            _tenant_base(snap, view, tenant)
+            remerge |= {(t, n) for n in tenant.namespaces}
+        elif role in ("config", "file"):
+            below = {(t, n) for n in tenant.namespaces if n == ns or n.startswith(ns + ".")}
+            (remerge if role == "config" else rebuild).update(below)
+        else:
+            rebuild.add((t, ns))
+    touched = remerge | rebuild
+    for t, name in sorted(touched, key=lambda k: (k[0], *_depth_order(k[1]))):
+        _namespace_view(snap, view, snap.layout.tenants[t], name, merge=(t, name) in remerge)
+    for key in touched:
+        _check(snap, view, key)
+    return view, remerge, touched
+
