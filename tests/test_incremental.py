@@ -3,6 +3,9 @@ full load of the new commit, and recomputes only what the change reaches."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +13,13 @@ import pytest
 
 from headwater import inherit, snapshot
 from headwater.cache import ResultCache
+from headwater.engine import Engine
+from headwater.errors import ValidationFailed
 from headwater.gitrepo import GitRepo
-from tests.gitutil import commit, git, sample_repo
+from headwater.resources import ResourceKey
+from headwater.settings import Settings
+from headwater.targets.local import LocalTarget
+from tests.gitutil import SAMPLE, commit, git, sample_repo
 
 COMPANY = "tenants/acme/company"
 INSTANCES = ("dev", "prod")
@@ -47,7 +55,9 @@ EDITS: dict[str, dict[str, str]] = {
                             "secrets:\n  DB_PASSWORD: {}\nlocked: [variables.region]\n"},
     "child namespace.yaml overriding a lock": {
         f"{COMPANY}/team/namespace.yaml": "variables:\n  db:\n    host: mine\n"},
-    "tenant.yaml": {"tenants/acme/tenant.yaml": "variables:\n  tenant_wide: yes\n"},
+    "tenant.yaml": {"tenants/acme/tenant.yaml": (SAMPLE / "tenants/acme/tenant.yaml").read_text()
+                    .replace("company: ACME", "company: ACME Corp")},
+    "tenant.yaml dropping a secret": {"tenants/acme/tenant.yaml": "variables:\n  tenant_wide: yes\n"},
     "outside the model": {"README.md": "# changed\n"},
 }
 
@@ -200,3 +210,143 @@ def test_updates_chain_and_share_the_persistent_cache(repo_dir: Path, tmp_path: 
         update = snapshot.update(snap, repo, "HEAD", cache=cache)
         assert update is not None
         assert_same(update.snapshot, loaded(repo, "HEAD", cache))
+
+
+# -- the engine's incremental apply --------------------------------------------------------
+
+
+class Calls:
+    """Which of the target's entry points an apply used (the wrapped methods still run)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        for name in ("apply", "apply_namespaces", "inventory"):
+            real = getattr(LocalTarget, name)
+            monkeypatch.setattr(LocalTarget, name, self._wrap(name, real))
+
+    def _wrap(self, name: str, real: Any) -> Any:
+        def wrapper(target: LocalTarget, *args: Any, **kw: Any) -> Any:
+            self.names.append(name)
+            return real(target, *args, **kw)
+
+        return wrapper
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        kept = self.take()
+        try:
+            yield
+        finally:
+            self.names = kept
+
+    def take(self) -> list[str]:
+        names, self.names = self.names, []
+        return names
+
+
+def open_engine(repo_dir: Path, state: Path) -> Engine:
+    return Engine(GitRepo(repo_dir), Settings(state_dir=str(state)))
+
+
+def assert_as_a_full_apply_leaves_it(repo_dir: Path, state: Path, rev: str, calls: Calls) -> None:
+    """A fresh engine (the full path: reads the whole target back) sees nothing to do, and the
+    store records exactly the desired state. (What it calls is not counted.)"""
+    with open_engine(repo_dir, state) as fresh, calls.paused():
+        result = fresh.plan("dev", rev)
+        assert result.plan.is_empty and not result.plan.drift, result.plan.summary()
+        desired = fresh.desired(fresh.load(rev), "dev", content=False)
+        assert fresh.store.inventory("dev") == {k: r.hash for k, r in desired.state.items()}
+        assert fresh.store.get("dev").applied_revision == fresh.repo.resolve(rev)
+        assert fresh.target("dev").current_revision() == fresh.repo.resolve(rev)
+
+
+SEQUENCE = ["flow", "namespace file", "root namespace.yaml", "tenant.yaml", "outside the model"]
+
+
+def test_an_engine_applies_in_place_edits_incrementally(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    calls = Calls(monkeypatch)
+    with open_engine(repo_dir, state) as engine:
+        engine.apply("dev", "HEAD", trigger="test")
+        assert calls.take()[-1] == "apply"
+        for edit in SEQUENCE:
+            head = commit(repo_dir, edit, EDITS[edit])
+            result = engine.apply("dev", head, trigger="test")
+            assert calls.take() == ["apply_namespaces"], edit
+            assert result.plan.revision == head
+            assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+        summaries = [h.summary for h in engine.store.history("dev", 10)]
+        assert summaries[len(SEQUENCE) - 1]["update"] == 1  # the flow edit: one flow updated
+        assert summaries[0]["update"] == 0  # README only: a new revision, nothing changed
+
+
+def test_structural_changes_and_other_writers_fall_back_to_a_full_apply(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    calls = Calls(monkeypatch)
+    with open_engine(repo_dir, state) as engine:
+        first = engine.apply("dev", "HEAD", trigger="test").plan.revision
+        head = commit(repo_dir, "add", {f"{COMPANY}/flows/extra.yaml": "id: extra\nnamespace: company\n"
+                                        "tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n"
+                                        "    message: x\n"})
+        engine.apply("dev", head, trigger="test")
+        assert "apply" in calls.take()
+        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+        # another process moves the instance: the engine's memory of it is stale
+        with open_engine(repo_dir, state) as other:
+            other.apply("dev", first, trigger="other")
+        head = commit(repo_dir, "flow", EDITS["flow"])
+        engine.apply("dev", head, trigger="test")
+        assert "apply" in calls.take()
+        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+        head = commit(repo_dir, "file", EDITS["namespace file"])
+        engine.apply("dev", head, trigger="test")
+        assert calls.take() == ["apply_namespaces"]
+        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+
+
+def test_an_invalid_commit_is_refused_and_the_next_one_applies_from_the_last_good(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    calls = Calls(monkeypatch)
+    with open_engine(repo_dir, state) as engine:
+        good = engine.apply("dev", "HEAD", trigger="test").plan.revision
+        bad = commit(repo_dir, "broken", EDITS["broken yaml"])
+        with pytest.raises(ValidationFailed):
+            engine.apply("dev", bad, trigger="test")
+        status = engine.store.get("dev")
+        assert (status.applied_revision, status.attempted_revision) == (good, bad)
+        assert engine.target("dev").current_revision() == good
+        calls.take()
+        head = commit(repo_dir, "fixed", EDITS["flow"])
+        engine.apply("dev", head, trigger="test")
+        assert calls.take() == ["apply_namespaces"]
+        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+
+
+def test_drift_outside_the_change_is_left_to_the_drift_check_then_restored(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    calls = Calls(monkeypatch)
+    with open_engine(repo_dir, state) as engine:
+        engine.apply("dev", "HEAD", trigger="test")
+        current = engine.target("dev").current_path()
+        assert current is not None
+        hand_edited = current / "globex" / "ops" / "flows" / "backup.yaml"
+        os.chmod(hand_edited, 0o644)
+        hand_edited.write_text("edited by hand\n")
+        head = commit(repo_dir, "flow", EDITS["flow"])
+        engine.apply("dev", head, trigger="test")
+        drifted = ResourceKey("globex", "ops", "flow", "backup")
+        assert engine.drift("dev") == [drifted]
+        engine.forget("dev")  # what the daemon does when its drift check finds some
+        head = commit(repo_dir, "file", EDITS["namespace file"])
+        result = engine.apply("dev", head, trigger="test")
+        assert drifted in result.plan.drift
+        assert engine.drift("dev") == []
+        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)

@@ -31,6 +31,7 @@ from headwater.resources import (
 )
 from headwater.state import StateStore
 from headwater.targets import LocalTarget, Target
+from headwater.targets.local import BaseMoved
 
 HASH_KEY = b"k" * 32
 PASSWORD = "correct horse battery staple"
@@ -694,3 +695,205 @@ def test_spaces_no_revision_uses_are_collected(root: Path) -> None:
     used = {os.readlink(p).split("/")[4] for d in ("current", "previous")
             for p in (root / d / "acme").iterdir()}
     assert spaces(root) == used
+
+
+# -- applying only the namespaces that changed ----------------------------------------------------
+
+
+def wide(version: int = 0, changed: str = "team3") -> State:
+    """Twelve namespaces in two tenants; ``changed`` holds ``version``, the others do not."""
+    result: State = {}
+    for tenant in ("acme", "globex"):
+        for n in range(6):
+            ns = f"team{n}"
+            v = version if ns == changed and tenant == "acme" else 0
+            for r in (
+                res("flow", "hello", f"id: hello\nnamespace: {ns}\n# {v}\n".encode(), ns, tenant),
+                res("file", "lib/a.py", f"print({n})\n".encode(), ns, tenant),  # shared
+                res("file", "lib/b.py", f"print('{tenant} {ns} {v}')\n".encode(), ns, tenant),
+                res("kv", "size", str(n).encode(), ns, tenant),
+            ):
+                result[r.key] = r
+    return result
+
+
+def by_namespace(s: State, *namespaces: tuple[str, str]) -> dict[tuple[str, str], State]:
+    """What ``apply_namespaces`` is given for ``namespaces`` out of a whole desired state."""
+    return {ns: {k: r for k, r in s.items() if (k.tenant, k.namespace) == ns} for ns in namespaces}
+
+
+def space_of(root: Path, revision: str, tenant: str, namespace: str) -> str:
+    return os.readlink(root / "revisions" / revision / tenant / namespace).split("/")[4]
+
+
+def test_applying_the_changed_namespaces_equals_a_full_apply(tmp_path: Path) -> None:
+    incremental = LocalTarget(tmp_path / "a", keep=1, durable=False)
+    full = LocalTarget(tmp_path / "b", keep=1, durable=False)
+    old = wide(0)
+    new = {**wide(1), **sample()}  # team3 changes, acme/company and company.team are new
+    del new[ResourceKey("globex", "team5", "file", "lib/a.py")]
+    for target in (incremental, full):
+        target.apply("r1", old, SECRETS)
+    changed = [("acme", "team3"), ("acme", "company"), ("acme", "company.team"), ("globex", "team5")]
+    incremental.apply_namespaces("r2", "r1", by_namespace(new, *changed), SECRETS)
+    full.apply("r2", new, SECRETS)
+    assert incremental.current_revision() == "r2"
+    assert incremental.manifest() == full.manifest() == hashes(new)
+    assert hashes(incremental.inventory()) == hashes(full.inventory()) == hashes(new)
+    assert (tmp_path / "a/current/acme/company/secrets.env").read_bytes() == (
+        tmp_path / "b/current/acme/company/secrets.env"
+    ).read_bytes()
+    a = json.loads((tmp_path / "a/current/.manifest.json").read_bytes())
+    b = json.loads((tmp_path / "b/current/.manifest.json").read_bytes())
+    assert a == b
+    root = tmp_path / "a"
+    for tenant in ("acme", "globex"):  # the namespaces it was not given share their folder
+        for n in range(5):
+            if (tenant, f"team{n}") not in changed:
+                assert space_of(root, "r1", tenant, f"team{n}") == space_of(root, "r2", tenant, f"team{n}")
+    assert space_of(root, "r1", "acme", "team3") != space_of(root, "r2", "acme", "team3")
+    assert debris(root) == []
+
+
+def test_applying_an_empty_namespace_removes_it(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(), SECRETS)
+    target.apply_namespaces("r2", "r1", {("acme", "company.team"): {}, ("acme", "gone"): {}}, SECRETS)
+    expected = {k: r for k, r in sample().items() if k.namespace != "company.team"}
+    assert target.manifest() == hashes(expected)
+    assert hashes(target.inventory()) == hashes(expected)
+    assert not (root / "current/acme/company.team").exists()
+    assert (root / "previous/acme/company.team/flows/child.yaml").exists()
+    assert os.readlink(root / "current/acme/company") == os.readlink(root / "previous/acme/company")
+    target.apply_namespaces("r3", "r2", {("acme", "company"): {}}, SECRETS)
+    assert target.manifest() == {}
+    assert sorted(p.name for p in (root / "current").iterdir()) == [".manifest.json", ".revision.json"]
+
+
+def test_applying_namespaces_on_a_moved_base_is_refused(root: Path, target: LocalTarget) -> None:
+    changed = by_namespace(sample(1), ("acme", "company"))
+    with pytest.raises(BaseMoved):
+        target.apply_namespaces("r1", "r0", changed, SECRETS)  # nothing applied yet
+    target.apply("r1", sample(), SECRETS)
+    target.apply("r2", sample(2), SECRETS)
+    with pytest.raises(BaseMoved, match="no longer at r1") as info:
+        target.apply_namespaces("r3", "r1", changed, SECRETS)
+    assert isinstance(info.value, TargetError) and info.value.hint
+    assert target.current_revision() == "r2" and target.revisions() == ["r2", "r1"]
+    assert hashes(target.inventory()) == hashes(sample(2))
+    (root / "current" / ".manifest.json").unlink()
+    with pytest.raises(BaseMoved, match="lost its manifest"):
+        target.apply_namespaces("r3", "r2", changed, SECRETS)
+    assert debris(root) == []
+    with pytest.raises(TargetError, match=r"under acme/company\.team"):
+        target.apply_namespaces("r3", "r2", {("acme", "company.team"): sample()}, SECRETS)
+
+
+def test_a_failed_namespace_apply_leaves_the_instance_as_it_was(
+    root: Path, target: LocalTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target.apply("r1", wide(0), {})
+    before = (spaces(root), objects(root), os.readlink(root / "current"))
+    real_link = os.link
+    calls = 0
+
+    def flaky_link(src: Any, dst: Any, **kw: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise OSError(28, "No space left on device")
+        real_link(src, dst, **kw)
+
+    monkeypatch.setattr(os, "link", flaky_link)
+    changed = by_namespace(wide(1), ("acme", "team3"))
+    with pytest.raises(TargetError, match="No space left") as info:
+        target.apply_namespaces("r2", "r1", changed, {})
+    assert info.value.hint and "unchanged" in info.value.hint
+    assert calls == 2
+    monkeypatch.undo()
+    assert (spaces(root), objects(root), os.readlink(root / "current")) == before
+    assert debris(root) == []
+    assert target.revisions() == ["r1"]
+    assert hashes(target.inventory()) == hashes(wide(0))
+    target.apply_namespaces("r2", "r1", changed, {})
+    assert hashes(target.inventory()) == hashes(wide(1))
+
+
+def test_namespaces_not_given_are_not_read(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    LocalTarget(root, keep=1, durable=False).apply("r0", wide(0, changed="team1"), {})
+    LocalTarget(root, keep=1, durable=False).apply("r1", wide(1, changed="team1"), {})
+    target = LocalTarget(root, keep=1, durable=False)  # nothing cached: as a new process
+    given = [("acme", "team3"), ("acme", "team4")]  # team4 given, but unchanged
+    untouched = {
+        (tenant, f"team{n}") for tenant in ("acme", "globex") for n in range(6)
+    } - set(given)
+    untouched_spaces = {space_of(root, "r1", *ns) for ns in untouched}
+    untouched_links = {f"revisions/r1/{t}/{n}" for t, n in untouched}
+    looked_at: list[str] = []
+    touched: list[str] = []
+
+    def counting(real: Any) -> Any:
+        def wrapper(tree: str, *args: Any) -> Any:
+            looked_at.append(tree)
+            return real(tree, *args)
+
+        return wrapper
+
+    def spying(real: Any) -> Any:
+        def wrapper(path: Any, *args: Any, **kw: Any) -> Any:
+            if isinstance(path, (str, os.PathLike)):
+                text = os.fspath(path)
+                if any(f"spaces/{sid}" in text for sid in untouched_spaces) or any(
+                    text.endswith(link) or f"{link}/" in text for link in untouched_links
+                ):
+                    touched.append(f"{real.__name__} {text}")
+                if real.__name__ == "scandir" and "/objects/" in text:
+                    touched.append(f"scandir {text}")  # the whole store of objects
+            return real(path, *args, **kw)
+
+        return wrapper
+
+    import headwater.targets.local as local
+
+    monkeypatch.setattr(local, "is_clean", counting(local.is_clean))
+    monkeypatch.setattr(local, "read_back", counting(local.read_back))
+    for name in ("stat", "lstat", "readlink", "scandir", "open", "rename", "unlink", "listdir"):
+        monkeypatch.setattr(os, name, spying(getattr(os, name)))
+    changes = by_namespace(wide(2), *given)
+    target.apply_namespaces("r2", "r1", changes, {})
+    monkeypatch.undo()
+    team4 = space_of(root, "r1", "acme", "team4")
+    assert looked_at == [str(root / "spaces" / team4 / "tree")]  # to share it, as apply does
+    assert touched == []
+    assert space_of(root, "r2", "acme", "team4") == team4
+    assert target.revisions() == ["r2", "r1"]  # r0 was pruned, and its own spaces collected
+    assert spaces(root) == {space_of(root, r, *ns) for r in ("r1", "r2") for ns in untouched | set(given)}
+    assert all(p.stat().st_nlink >= 2 for p in objects(root)), "objects only r0 used are collected"
+    expected = {**wide(1, changed="team1"), **changes[("acme", "team3")]}
+    assert hashes(target.inventory()) == hashes(expected)
+
+
+def test_a_revision_that_lost_its_manifest_keeps_its_spaces(root: Path) -> None:
+    target = LocalTarget(root, keep=1, durable=False)
+    target.apply("r1", sample(1), SECRETS)
+    extra = res("flow", "extra", b"id: extra\nnamespace: company\n")
+    target.apply("r2", {**sample(1), extra.key: extra}, SECRETS)  # company.team is shared
+    (root / "revisions/r2/.manifest.json").unlink()
+    target.apply("r3", sample(3), SECRETS)  # prunes r1; r2 is the previous revision
+    assert target.revisions() == ["r3", "r2"]
+    team = root / "previous/acme/company.team"
+    assert (team / "flows/child.yaml").read_bytes() == b"id: child\nnamespace: company.team\n"
+    assert (team / "files/scripts/etl/load.py").read_bytes() == b"print(1)\n"
+    assert (root / "previous/acme/company/flows/extra.yaml").exists()
+
+
+def test_an_apply_that_finds_debris_collects_everything(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(), SECRETS)
+    orphan = root / "objects/ab" / ("ab" + "0" * 62)
+    orphan.parent.mkdir(exist_ok=True)
+    orphan.write_bytes(b"linked by nothing")
+    (root / "spaces" / ("0" * 32)).mkdir()  # a space no revision uses
+    (root / "spaces/.tmp-0123").mkdir()
+    target.apply("r2", sample(2), SECRETS)  # prunes nothing (keep=3), but found debris
+    assert debris(root) == []
+    assert not orphan.exists()
+    assert "0" * 32 not in spaces(root)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import sqlite3
 import subprocess
@@ -18,6 +19,7 @@ from headwater.state import SCHEMA_VERSION, InstanceState, StateStore
 A = ResourceKey("acme", "company", "flow", "hello")
 B = ResourceKey("acme", "company", "file", "scripts/a.py")
 C = ResourceKey("acme", "company", "secret", "DB_PASSWORD")
+D = ResourceKey("acme", "company.team", "kv", "region")
 ERROR = {"path": "tenants/acme/x.yaml", "line": 3, "code": "E1", "message": "bad"}
 
 
@@ -339,3 +341,65 @@ def test_concurrent_writers_wait_instead_of_failing(store: StateStore) -> None:
         assert store.get(f"i{n}").applied_revision == "r39"
         assert len(store.history(f"i{n}", limit=100)) == 40
         assert set(store.inventory(f"i{n}").values()) == {"sha256:39"}
+
+
+def test_a_delta_writes_only_the_given_rows(store: StateStore, clock: Clock) -> None:
+    apply(store, "r1", {A: "sha256:a", B: "sha256:b"})
+    store.begin_apply("prod", "p1")
+    store.finish_apply("prod", "p1", {A: "sha256:prod"}, {}, "t")
+    store.begin_apply("dev", "r2", trigger="daemon:poll")
+    clock.now += 5
+    statements: list[str] = []
+    store._db.set_trace_callback(statements.append)
+    try:
+        entry_id = store.finish_apply_delta(
+            "dev", "r2", {A: "sha256:a2", B: None, C: "hmac:c"}, {"update": 1}, "daemon:poll"
+        )
+    finally:
+        store._db.set_trace_callback(None)
+    assert not any("FROM inventory" in s and s.startswith("SELECT") for s in statements)
+    assert store.inventory("dev") == {A: "sha256:a2", C: "hmac:c"}
+    assert store.inventory("prod") == {A: "sha256:prod"}
+    state = store.get("dev")
+    assert (state.applied_revision, state.outcome, state.pending_revision) == ("r2", "applied", None)
+    assert state.applied_at is not None and state.applied_at.timestamp() == clock.now
+    [entry, _] = store.history("dev")
+    assert (entry.id, entry.revision, entry.summary, entry.trigger) == (
+        entry_id, "r2", {"update": 1}, "daemon:poll"
+    )
+
+
+def test_a_delta_deletes_rows_and_ignores_absent_ones(store: StateStore) -> None:
+    apply(store, "r1", {A: "sha256:a", B: "sha256:b", C: "hmac:c"})
+    store.begin_apply("dev", "r2")
+    store.finish_apply_delta("dev", "r2", {A: None, C: None, D: None}, {}, "t")
+    assert store.inventory("dev") == {B: "sha256:b"}
+    store.begin_apply("dev", "r3", action="rollback")
+    store.finish_apply_delta("dev", "r3", {B: None}, {}, "t", action="rollback")
+    assert store.inventory("dev") == {}
+    assert store.history("dev")[0].action == "rollback"
+
+
+def test_a_delta_is_refused_while_another_apply_is_pending(store: StateStore) -> None:
+    apply(store, "r1", {A: "sha256:a"})
+    store.begin_apply("dev", "r2")
+    with pytest.raises(StateError, match="is pending") as info:
+        store.finish_apply_delta("dev", "r3", {A: None, B: "sha256:b"}, {}, "t")
+    assert info.value.hint and "reconcile" in info.value.hint
+    assert store.inventory("dev") == {A: "sha256:a"}  # nothing of it was written
+    state = store.get("dev")
+    assert (state.applied_revision, state.pending_revision) == ("r1", "r2")
+    assert len(store.history("dev")) == 1
+
+
+def test_reading_the_inventory_leaves_the_garbage_collector_as_it_was(store: StateStore) -> None:
+    apply(store, "r1", {A: "sha256:a", B: "sha256:b"})
+    assert gc.isenabled()
+    assert store.inventory("dev") == {A: "sha256:a", B: "sha256:b"}
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        assert store.inventory("dev") == {A: "sha256:a", B: "sha256:b"}
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

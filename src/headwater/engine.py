@@ -41,6 +41,7 @@ from headwater.state import StateStore
 from headwater.targets.local import LocalTarget
 
 SecretValues = dict[tuple[str, str], dict[str, str]]
+NsKey = tuple[str, str]
 
 
 def canonical_json(value: Any) -> bytes:
@@ -70,6 +71,16 @@ class Desired:
     secrets: SecretValues
     missing_secrets: tuple[ResourceKey, ...]
     sources: dict[ResourceKey, str] = dataclasses.field(default_factory=dict)  # blob id of files and flows
+    ns_keys: dict[NsKey, tuple[ResourceKey, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Resident:
+    """What the engine applied last to an instance, kept for the next incremental apply."""
+
+    snapshot: snapshot.Snapshot
+    desired: Desired  # without content
+    inventory: dict[ResourceKey, str]  # as recorded in the state store
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ class Engine:
         self.cache = ResultCache(settings.state_path / "cache.db")
         self.provider = self._provider()
         self._targets: dict[str, LocalTarget] = {}
+        self._resident: dict[str, _Resident] = {}
 
     def close(self) -> None:
         self.cache.close()
@@ -150,30 +162,66 @@ class Engine:
         repository is not read again.
         """
         view = snap.view(instance)
-        oids = {info.entry.oid for ns in view.namespaces.values() for info in ns.flows.values()}
-        oids |= {entry.oid for ns in view.namespaces.values() for (_o, entry) in ns.files.values()}
+        return self._desired(snap, view, list(view.namespaces), content, None)
+
+    def desired_update(
+        self, old: Desired, snap: snapshot.Snapshot, instance: str, namespaces: Iterable[NsKey]
+    ) -> Desired:
+        """``old`` brought to ``snap`` by rebuilding only ``namespaces`` (without content)."""
+        return self._desired(snap, snap.view(instance), sorted(namespaces), False, old)
+
+    def _desired(
+        self,
+        snap: snapshot.Snapshot,
+        view: snapshot.InstanceView,
+        namespaces: list[NsKey],
+        content: bool,
+        base: Desired | None,
+    ) -> Desired:
+        views = [view.namespaces[k] for k in namespaces if k in view.namespaces]
+        oids = {info.entry.oid for ns in views for info in ns.flows.values()}
+        oids |= {entry.oid for ns in views for (_o, entry) in ns.files.values()}
         hashes = self._blob_hashes(oids)
         blobs = self.repo.read_blobs(sorted(oids)) if content else {}
-        sources: dict[ResourceKey, str] = {}
+        if base is None:
+            state: State = {}
+            calls: dict[ResourceKey, set[ResourceKey]] = {}
+            secret_values: SecretValues = {}
+            sources: dict[ResourceKey, str] = {}
+            ns_keys: dict[NsKey, tuple[ResourceKey, ...]] = {}
+            missing: list[ResourceKey] = []
+        else:
+            state, calls, sources = dict(base.state), dict(base.calls), dict(base.sources)
+            secret_values, ns_keys = dict(base.secrets), dict(base.ns_keys)
+            gone = set(namespaces)
+            missing = [k for k in base.missing_secrets if (k.tenant, k.namespace) not in gone]
+            for ns_key in gone:
+                secret_values.pop(ns_key, None)
+                for key in ns_keys.pop(ns_key, ()):
+                    del state[key]
+                    calls.pop(key, None)
+                    sources.pop(key, None)
 
         def blob_resource(key: ResourceKey, oid: str, source: str) -> Resource:
             digest, binary = hashes[oid]
             sources[key] = oid
             return Resource(key, digest, blobs.get(oid), binary, source)
 
-        state: State = {}
-        calls: dict[ResourceKey, set[ResourceKey]] = {}
-        secret_values: SecretValues = {}
-        missing: list[ResourceKey] = []
-        for (tenant, name), ns in view.namespaces.items():
+        def add(here: list[ResourceKey], res: Resource) -> None:
+            state[res.key] = res
+            here.append(res.key)
+
+        for ns in views:
+            tenant, name = ns.tenant, ns.name
+            here: list[ResourceKey] = []
             config = dict(ns.effective.config)
-            key = ResourceKey(tenant, name, "config", "config")
             data = canonical_json(config)
-            state[key] = Resource(key, content_hash(data), data, False, ns_source(snap, tenant, name))
+            key = ResourceKey(tenant, name, "config", "config")
+            add(here, Resource(key, content_hash(data), data, False, ns_source(snap, tenant, name)))
             for kv_name, value in (config.get("kv") or {}).items():
-                key = ResourceKey(tenant, name, "kv", str(kv_name))
                 data = kv_json(value)
-                state[key] = Resource(key, content_hash(data), data, False, f"kv {kv_name}")
+                key = ResourceKey(tenant, name, "kv", str(kv_name))
+                add(here, Resource(key, content_hash(data), data, False, f"kv {kv_name}"))
             for secret in sorted(config.get("secrets") or {}):
                 key = ResourceKey(tenant, name, "secret", secret)
                 value = self.provider.get(tenant, name, secret)
@@ -181,20 +229,21 @@ class Engine:
                     missing.append(key)  # declared but without a value: reported, not written
                     continue
                 secret_values.setdefault((tenant, name), {})[secret] = value
-                state[key] = Resource(key, secret_hash(self.hash_key, value), None, False, f"secret {secret}")
+                add(here, Resource(key, secret_hash(self.hash_key, value), None, False, f"secret {secret}"))
             for rel, (_origin, entry) in ns.files.items():
                 key = ResourceKey(tenant, name, "file", rel)
-                state[key] = blob_resource(key, entry.oid, entry.path)
+                add(here, blob_resource(key, entry.oid, entry.path))
             for fid, info in ns.flows.items():
                 key = ResourceKey(tenant, name, "flow", fid)
-                state[key] = blob_resource(key, info.entry.oid, info.entry.path)
+                add(here, blob_resource(key, info.entry.oid, info.entry.path))
                 if info.refs is not None:
                     calls[key] = {
                         ResourceKey(tenant, call.namespace, "flow", call.flow_id)
                         for call in info.refs.subflows
                         if not call.dynamic
                     }
-        return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources)
+            ns_keys[(tenant, name)] = tuple(here)
+        return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources, ns_keys)
 
     def _blob_hashes(self, oids: set[str]) -> dict[str, tuple[str, bool]]:
         """sha256 and binary flag of each blob, from the cache or read once and remembered."""
@@ -286,12 +335,20 @@ class Engine:
     ) -> PlanResult:
         """Validate, plan and apply ``rev`` all or nothing; returns the plan that was applied.
 
-        An invalid commit is recorded as a failed attempt and never reaches the target.
+        An invalid commit is recorded as a failed attempt and never reaches the target. After
+        an apply the engine keeps what it applied (snapshot, desired state, inventory): the
+        next apply of a descendant commit then works from ``git diff-tree`` and touches only
+        the namespaces the change reaches (``_apply_changes``).
         """
         trigger = trigger or default_trigger()
+        if saved is None and action == "apply":
+            done = self._apply_changes(instance, rev, trigger, allow_mass_delete, confirm)
+            if done is not None:
+                return done
+        self._resident.pop(instance, None)
         snap = self.valid_snapshot(rev, instance, record=True)
         spec = snap.instances[instance]
-        desired = self.desired(snap, instance, content=False)
+        bare = desired = self.desired(snap, instance, content=False)
         target = self.target(instance)
         with self.store.lock(instance, trigger):
             self.reconcile(instance)
@@ -305,47 +362,153 @@ class Engine:
             )
             if saved is not None:
                 _check_saved(saved, result)
-            try:
-                planning.guard_prune(result, len(managed), spec.max_delete_percent, allow_mass_delete)
-            except PlanRefused as exc:
-                # A refused commit is an attempt that failed: status (and the daemon) say why.
-                self.store.record_failure(instance, snap.revision, [{
-                    "path": "", "line": None, "column": None, "code": "prune.refused",
-                    "severity": "error", "message": exc.message, "hint": exc.hint, "related": [],
-                }])
-                raise
-            if confirm is not None and not confirm(result):
-                raise PlanRefused("apply cancelled", hint="nothing was changed")
+            self._guard(instance, result, len(managed), spec.max_delete_percent, allow_mass_delete, confirm)
             summary = {**result.summary(), "action": action}
+            inventory = {key: res.hash for key, res in desired.state.items()}
             if (
                 result.is_empty and action == "apply"
                 and target.current_revision() == snap.revision
                 and self.store.get(instance).applied_revision == snap.revision
             ):
+                self._resident[instance] = _Resident(snap, bare, inventory)
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             # The target rebuilds the namespaces that change; it reuses the others by hash.
             touched = {(c.key.tenant, c.key.namespace) for c in result.changes}
             desired = self.with_content(desired, [k for k in desired.sources if (k.tenant, k.namespace) in touched])
-            try:
+
+            def write() -> None:
+                nonlocal desired
                 try:
                     target.apply(snap.revision, desired.state, desired.secrets)
                 except ContentMissing:  # it could not reuse something after all: give it everything
                     desired = self.with_content(desired)
                     target.apply(snap.revision, desired.state, desired.secrets)
-            except BaseException as exc:
-                if target.current_revision() == snap.revision:
-                    # Interrupted after the atomic swap: the apply took effect; record it as such.
-                    self.reconcile(instance)
-                    raise
-                self.store.record_failure(instance, snap.revision, [{
-                    "path": "", "line": None, "column": None, "code": "apply.failed",
-                    "severity": "error", "message": str(exc), "hint": None, "related": [],
-                }])
-                raise
-            inventory = {key: res.hash for key, res in desired.state.items()}
+
+            self._write(instance, snap.revision, write)
             self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
+        if action == "apply":
+            self._resident[instance] = _Resident(snap, bare, inventory)
         return PlanResult(result, desired, snap)
+
+    def _apply_changes(
+        self,
+        instance: str,
+        rev: str,
+        trigger: str,
+        allow_mass_delete: bool,
+        confirm: Callable[[planning.Plan], bool] | None,
+    ) -> PlanResult | None:
+        """The incremental apply: from the commit this engine applied last, only the paths
+        that changed are read, only the namespaces they reach are rebuilt, planned (against the
+        inventory recorded for them) and written. None when it does not apply: nothing
+        applied by this engine yet, a change ``snapshot.update`` does not handle, or an
+        instance another process changed since; the caller then does a full apply.
+
+        Drift in namespaces the change does not reach is left to the drift check.
+        """
+        resident = self._resident.get(instance)
+        if resident is None:
+            return None
+        update = snapshot.update(resident.snapshot, self.repo, rev, cache=self.cache)
+        if update is None or instance not in update.snapshot.instances:
+            return None
+        if update.snapshot.revision == resident.snapshot.revision:
+            return None  # applying it again restores drift: the full path reads the target back
+        snap = update.snapshot
+        errors = [d for d in self.check(snap, instance) if d.severity == "error"]
+        if errors:
+            self.store.record_failure(instance, snap.revision, [d.to_json() for d in errors])
+            raise ValidationFailed(errors, snap.revision)
+        touched = sorted(update.touched.get(instance, set()))
+        bare = self.desired_update(resident.desired, snap, instance, touched)
+        target = self.target(instance)
+        base = resident.snapshot.revision
+        with self.store.lock(instance, trigger):
+            state = self.store.get(instance)
+            if state.pending_revision is not None or state.applied_revision != base or target.current_revision() != base:
+                return None
+            old_keys = [k for ns in touched for k in resident.desired.ns_keys.get(ns, ())]
+            new_keys = [k for ns in touched for k in bare.ns_keys.get(ns, ())]
+            managed = {k: resident.inventory[k] for k in old_keys if k in resident.inventory}
+            actual: State = {k: Resource(k, h, None, False, "") for k, h in managed.items()}
+            wanted = self._loaded(bare, new_keys)
+            result = planning.compute(
+                wanted, _with_content(actual, target, wanted), instance=instance, revision=snap.revision,
+                base=base, managed=managed, calls=bare.calls,
+            )
+            result = dataclasses.replace(result, unchanged=result.unchanged + len(resident.inventory) - len(managed))
+            spec = snap.instances[instance]
+            self._guard(instance, result, len(resident.inventory), spec.max_delete_percent, allow_mass_delete, confirm)
+            summary = {**result.summary(), "action": "apply"}
+            self.store.begin_apply(instance, snap.revision, action="apply", trigger=trigger, summary=summary)
+            by_ns = {ns: {k: wanted[k] for k in bare.ns_keys.get(ns, ())} for ns in touched}
+            self._write(instance, snap.revision, lambda: target.apply_namespaces(snap.revision, base, by_ns, bare.secrets))
+            changes: dict[ResourceKey, str | None] = {k: None for k in old_keys}
+            changes.update((k, wanted[k].hash) for k in new_keys)
+            self.store.finish_apply_delta(instance, snap.revision, changes, summary, trigger, "apply")
+        inventory = resident.inventory  # the old resident is dropped: update its inventory in place
+        for k, h in changes.items():
+            if h is None:
+                inventory.pop(k, None)
+            else:
+                inventory[k] = h
+        self._resident[instance] = _Resident(snap, bare, inventory)
+        return PlanResult(result, bare, snap)
+
+    def _loaded(self, desired: Desired, keys: list[ResourceKey]) -> State:
+        """The resources ``keys`` of ``desired``, with their content (read in one batch)."""
+        blobs = self.repo.read_blobs(sorted({desired.sources[k] for k in keys if k in desired.sources}))
+        result: State = {}
+        for k in keys:
+            res = desired.state[k]
+            oid = desired.sources.get(k)
+            result[k] = res if oid is None else Resource(k, res.hash, blobs[oid], res.binary, res.source)
+        return result
+
+    def forget(self, instance: str) -> None:
+        """Make the next apply of ``instance`` a full one (reads the target back, rereads
+        every secret value): the daemon calls this with its periodic drift check."""
+        self._resident.pop(instance, None)
+
+    def _guard(
+        self,
+        instance: str,
+        result: planning.Plan,
+        managed_count: int,
+        max_delete_percent: float | None,
+        allow_mass_delete: bool,
+        confirm: Callable[[planning.Plan], bool] | None,
+    ) -> None:
+        try:
+            planning.guard_prune(result, managed_count, max_delete_percent, allow_mass_delete)
+        except PlanRefused as exc:
+            # A refused commit is an attempt that failed: status (and the daemon) say why.
+            self.store.record_failure(instance, result.revision, [{
+                "path": "", "line": None, "column": None, "code": "prune.refused",
+                "severity": "error", "message": exc.message, "hint": exc.hint, "related": [],
+            }])
+            raise
+        if confirm is not None and not confirm(result):
+            raise PlanRefused("apply cancelled", hint="nothing was changed")
+
+    def _write(self, instance: str, revision: str, write: Callable[[], None]) -> None:
+        """Run the target's write of ``revision``; a failure is recorded, unless the write
+        took effect before it was interrupted (then the store is brought in line)."""
+        target = self.target(instance)
+        try:
+            write()
+        except BaseException as exc:
+            self._resident.pop(instance, None)
+            if target.current_revision() == revision:
+                # Interrupted after the atomic swap: the apply took effect; record it as such.
+                self.reconcile(instance)
+                raise
+            self.store.record_failure(instance, revision, [{
+                "path": "", "line": None, "column": None, "code": "apply.failed",
+                "severity": "error", "message": str(exc), "hint": None, "related": [],
+            }])
+            raise
 
     def reconcile(self, instance: str) -> str:
         """Bring the state store in line with the target after a crash."""

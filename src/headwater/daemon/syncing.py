@@ -286,6 +286,7 @@ def check_drift(d: Daemon) -> None:
             rt.drift, rt.drift_checked = drifted, time.time()
         d.metrics.drift.labels(rt.name).set(len(drifted))
         if drifted:
+            d.engine.forget(rt.name)  # the next apply is a full one, which restores the drift
             heal = rt.self_heal
             d.event(
                 WARNING if changed else DEBUG,

@@ -26,6 +26,11 @@ namespaces share their space with the previous revision. A revision is built com
 (git-sync's technique), so a reader never sees a half-applied commit and a crash at any
 instant leaves ``current`` at the old or the new one. Spaces never change once written; a
 space changed by hand is drift, read back as such and never shared with a new revision.
+
+``apply_namespaces`` is given only the namespaces that changed and takes every other one
+from the current revision's manifest without reading it, and pruning finds the spaces and
+objects to collect from the manifests of the revisions it removes: the cost of such an apply
+follows the change, plus writing a manifest and a link per namespace.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import secrets as _random
 import shutil
 import stat
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -84,6 +89,11 @@ _SYNC_BATCH = 256  # above this many files and directories to flush, one sync() 
 # A space read back clean by ``inventory`` is shared by an apply within this many seconds
 # without walking it again (the engine reads the target back right before it applies).
 _VERIFIED_FOR = 60.0
+
+
+class BaseMoved(TargetError):
+    """``apply_namespaces`` was given a base that is not (or no longer) the current revision,
+    or whose manifest is lost: apply the whole revision instead."""
 
 
 @dataclass(frozen=True)
@@ -148,7 +158,7 @@ class LocalTarget:
             # Leftovers of a crash are removed on open, unless a writer is at work right now.
             with contextlib.suppress(OSError), self._exclusive(wait=0.0) as locked:
                 if locked and self._remove_debris():
-                    self._collect_garbage(spaces=True)
+                    self._collect_garbage(None)
 
     @property
     def revisions_dir(self) -> Path:
@@ -255,7 +265,39 @@ class LocalTarget:
         self, revision: str, desired: Mapping[ResourceKey, Resource], secrets: SecretValues
     ) -> None:
         check_revision(revision)
-        wanted = group(desired, secrets)
+        self._write(revision, group(desired, secrets), secrets)
+
+    def apply_namespaces(
+        self,
+        revision: str,
+        base: str,
+        desired: Mapping[tuple[str, str], Mapping[ResourceKey, Resource]],
+        secrets: SecretValues,
+    ) -> None:
+        """``apply`` for a revision that differs from ``base``, the current one, only in the
+        namespaces of ``desired``: each with its complete desired resources, none when it is
+        removed. Every other namespace keeps the folder it has in ``base``, trusted without
+        being read. BaseMoved, with the instance unchanged, when ``base`` is not current."""
+        check_revision(revision)
+        resources: dict[ResourceKey, Resource] = {}
+        for (tenant, namespace), listed in desired.items():
+            check_namespace(tenant, namespace)
+            for key, res in listed.items():
+                if (key.tenant, key.namespace) != (tenant, namespace):
+                    raise TargetError(f"desired state lists {key} under {tenant}/{namespace}")
+                resources[key] = res
+        self._write(revision, group(resources, secrets), secrets, base, desired.keys())
+
+    def _write(
+        self,
+        revision: str,
+        wanted: dict[tuple[str, str], Wanted],
+        secrets: SecretValues,
+        base: str | None = None,
+        changed: Collection[tuple[str, str]] = (),
+    ) -> None:
+        """Materialise and publish a revision of the namespaces ``wanted`` and, given
+        ``base``, of every namespace of ``base`` not ``changed``, with the space it has."""
         self._ensure_dirs()
         with self._exclusive(wait=self.lock_timeout) as locked:
             if not locked:
@@ -264,9 +306,14 @@ class LocalTarget:
                     hint="wait for the other apply to finish, then retry",
                 )
             try:
-                self._remove_debris()
-                final = self._materialise(revision, wanted, secrets)
-                self._publish(final)
+                kept = {} if base is None else self._kept_spaces(base, changed)
+                spaces, builds, contents = self._plan(wanted, secrets, kept)
+                debris = self._remove_debris()
+                try:
+                    self._publish(self._materialise(revision, spaces, builds, contents))
+                except Exception:
+                    self._undo()
+                    raise
             except OSError as e:
                 raise TargetError(
                     f"cannot apply {revision[:12]} to {self.root}: {e.strerror or e}",
@@ -274,7 +321,25 @@ class LocalTarget:
                 ) from e
             finally:
                 self._verified.clear()
-            self._prune()
+            self._prune(everything=debris)
+
+    def _kept_spaces(
+        self, base: str, changed: Collection[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[str, str]]:
+        """The spaces of the namespaces of ``base``, the current revision, not ``changed``."""
+        d = self._current_dir()
+        if d is None or self._revision_of(d) != base:
+            raise BaseMoved(
+                f"instance {self.root} is no longer at {base[:12]}",
+                hint="apply the whole revision",
+            )
+        try:
+            recorded = self._revision(d).spaces
+        except FileNotFoundError:
+            raise BaseMoved(self._no_manifest(d).message, hint="apply the whole revision") from None
+        except TargetError as e:
+            raise BaseMoved(e.message, hint="apply the whole revision") from e
+        return {ns: space for ns, space in recorded.items() if ns not in changed}
 
     def activate(self, revision: str) -> None:
         check_revision(revision)
@@ -306,10 +371,16 @@ class LocalTarget:
 
     # -- internals: building a revision ----------------------------------------------------
 
-    def _materialise(
-        self, revision: str, wanted: dict[tuple[str, str], Wanted], secrets: SecretValues
-    ) -> str:
-        spaces: dict[tuple[str, str], tuple[str, str]] = {}
+    def _plan(
+        self,
+        wanted: dict[tuple[str, str], Wanted],
+        secrets: SecretValues,
+        kept: dict[tuple[str, str], tuple[str, str]],
+    ) -> tuple[dict[tuple[str, str], tuple[str, str]], list[Build], dict[str, bytes]]:
+        """The spaces of the new revision that exist already (``kept``, and the wanted ones
+        an existing space holds), the spaces to build, and the contents of their objects.
+        Nothing is written."""
+        spaces = dict(kept)
         builds: list[Build] = []
         contents: dict[str, bytes] = {}
         for ns in sorted(wanted):
@@ -319,26 +390,33 @@ class LocalTarget:
                 spaces[ns] = (shared, w.digest)
             else:
                 builds.append(prepare(w, secrets, contents))
+        return spaces, builds, contents
 
+    def _materialise(
+        self,
+        revision: str,
+        spaces: dict[tuple[str, str], tuple[str, str]],
+        builds: list[Build],
+        contents: dict[str, bytes],
+    ) -> str:
+        """Write the spaces of ``builds``, then the revision folder of them and ``spaces``;
+        its name. A failure leaves debris and unused spaces: see ``_undo``."""
         work = self.revisions_dir / f".tmp-{revision}-{_random.token_hex(8)}"
         work.mkdir()  # first: a crash from here on leaves debris that triggers a collection
-        try:
-            stats, object_dirs = self._store_objects(contents, builds)
-            mtime = second_ago_ns()
-            written: list[tuple[Build, Path]] = []
-            to_sync: list[Path] = []
-            for build in builds:
-                written.append((build, self._write_space(build, stats, mtime, to_sync)))
-            self._sync(to_sync)
-            for build, folder in written:
-                w = build.wanted
-                sid = self._new_space_id(w.digest)
-                os.rename(folder, self.spaces_dir / sid)
-                spaces[(w.tenant, w.namespace)] = (sid, w.digest)
-            return self._fill(work, revision, spaces, object_dirs)
-        except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
-            raise
+        stats, object_dirs = self._store_objects(contents, builds)
+        mtime = second_ago_ns()
+        written: list[tuple[Build, Path]] = []
+        to_sync: list[Path] = []
+        for build in builds:
+            written.append((build, self._write_space(build, stats, mtime, to_sync)))
+        self._sync(to_sync)
+        spaces = dict(spaces)
+        for build, folder in written:
+            w = build.wanted
+            sid = self._new_space_id(w.digest)
+            os.rename(folder, self.spaces_dir / sid)
+            spaces[(w.tenant, w.namespace)] = (sid, w.digest)
+        return self._fill(work, revision, spaces, object_dirs)
 
     def _shareable_space(self, digest: str) -> str | None:
         """An existing space holding exactly these resources, untouched since it was written."""
@@ -450,11 +528,12 @@ class LocalTarget:
         object_dirs: set[Path],
     ) -> str:
         tenants: set[str] = set()
+        base = str(work)
         for (tenant, namespace), (sid, _) in spaces.items():
             if tenant not in tenants:
-                (work / tenant).mkdir()
+                os.mkdir(f"{base}/{tenant}")
                 tenants.add(tenant)
-            os.symlink(_link_text(sid), work / tenant / namespace)
+            os.symlink(_link_text(sid), f"{base}/{tenant}/{namespace}")
         seq = max((s for s, _ in self._complete_dirs()), default=0) + 1
         meta = {
             "format": FORMAT,
@@ -493,10 +572,11 @@ class LocalTarget:
             if d is None:
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError, TargetError):
-                for ns, (sid, _) in self._revision(d).spaces.items():
-                    if ns not in building:
+                recorded = self._revision(d).spaces
+                for ns in building:
+                    if ns not in recorded:
                         continue
-                    for rec in self._space(sid).files.values():
+                    for rec in self._space(recorded[ns][0]).files.values():
                         if rec.hash is not None:
                             known[rec.hash] = rec
         return known
@@ -612,56 +692,107 @@ class LocalTarget:
                 removed = True
         return removed
 
-    def _prune(self) -> None:
-        """Remove old revisions beyond ``keep``; never the current or the previous one.
+    def _undo(self) -> None:
+        """After a failed apply: remove its debris, and the spaces and objects it wrote."""
+        with contextlib.suppress(OSError):
+            self._remove_debris()
+            self._collect_garbage(None)
+
+    def _prune(self, *, everything: bool = False) -> None:
+        """Remove old revisions beyond ``keep``, never the current or the previous one, then
+        the spaces only they used (or, with ``everything``, every space no revision uses).
 
         The apply has already succeeded: a failure here is left for the next apply to retry.
+        The pruned revisions stay (renamed away, as debris) until their spaces are collected,
+        so that a crash in between leads the next writer to a whole collection.
         """
         with contextlib.suppress(OSError):
             dirs = [d for _, d in self._complete_dirs()]
             protected = {self._link_dir("current"), self._link_dir("previous")}
             doomed = [d for d in dirs[self.keep :] if d not in protected]
+            unused: set[str] = set()
+            trash: list[Path] = []
             for d in doomed:
-                trash = self.revisions_dir / f".tmp-prune-{_random.token_hex(8)}"
-                os.rename(self.revisions_dir / d, trash)
+                unused |= self._spaces_of(d)
+                trash.append(self.revisions_dir / f".tmp-prune-{_random.token_hex(8)}")
+                os.rename(self.revisions_dir / d, trash[-1])
                 self._revision_cache.pop(d, None)
-                shutil.rmtree(trash)
-            if doomed:
-                self._collect_garbage(spaces=True)
+            if doomed or everything:
+                self._collect_garbage(None if everything else unused)
+            for folder in trash:
+                shutil.rmtree(folder)
 
-    def _referenced_spaces(self) -> set[str] | None:
-        """Space ids the revision folders link to (read from the links themselves, so a
-        revision that lost its manifest keeps its spaces); None if that cannot be known."""
+    def _spaces_of(self, dirname: str) -> set[str]:
+        """Space ids a revision folder uses: from its manifest, or, when that is unreadable,
+        from its links (so that a revision that lost its manifest keeps its spaces)."""
+        if _DIR_RE.match(dirname):
+            with contextlib.suppress(FileNotFoundError, TargetError):
+                return {sid for sid, _ in self._revision(dirname).spaces.values()}
         found: set[str] = set()
-        try:
-            revisions = list(os.scandir(self.revisions_dir))
-        except FileNotFoundError:
-            return found
-        for rev in revisions:
-            if not rev.is_dir(follow_symlinks=False):
-                continue  # .tmp- work in progress is only there under our own lock, or debris
-            for tenant in os.scandir(rev.path):
-                if not tenant.is_dir(follow_symlinks=False):
-                    continue
-                for entry in os.scandir(tenant.path):
-                    if entry.is_symlink():
-                        parts = os.readlink(entry.path).split("/")
-                        if len(parts) == 6 and parts[:3] == ["..", "..", ".."] and parts[3] == "spaces":
-                            found.add(parts[4])
+        for tenant in os.scandir(self.revisions_dir / dirname):
+            if not tenant.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(tenant.path):
+                if entry.is_symlink():
+                    parts = os.readlink(entry.path).split("/")
+                    if len(parts) == 6 and parts[:3] == ["..", "..", ".."] and parts[3] == "spaces":
+                        found.add(parts[4])
         return found
 
-    def _collect_garbage(self, *, spaces: bool) -> None:
-        """Delete spaces no revision links to, then objects no space links to (link count 1)."""
-        if spaces:
-            referenced = self._referenced_spaces()
+    def _referenced_spaces(self) -> set[str]:
+        """Space ids the revision folders use (``.tmp-`` ones are debris, or pruned)."""
+        found: set[str] = set()
+        with contextlib.suppress(FileNotFoundError):
+            for rev in list(os.scandir(self.revisions_dir)):
+                if rev.is_dir(follow_symlinks=False) and not rev.name.startswith(".tmp-"):
+                    found |= self._spaces_of(rev.name)
+        return found
+
+    def _collect_garbage(self, candidates: Iterable[str] | None) -> None:
+        """Delete the spaces among ``candidates`` (None: all) no revision uses, then the
+        objects only they linked to (None: every object nothing links to, link count 1).
+
+        A deleted space stays, renamed away as debris, until its objects are collected, so
+        that a crash in between leads the next writer to a whole collection."""
+        referenced = self._referenced_spaces()
+        objects: set[str] | None = None if candidates is None else set()
+        if candidates is None:
             with contextlib.suppress(FileNotFoundError):
-                for entry in list(os.scandir(self.spaces_dir)):
-                    if referenced is None or entry.name in referenced or entry.name.startswith(".tmp-"):
-                        continue
-                    trash = self.spaces_dir / f".tmp-gc-{_random.token_hex(8)}"
-                    os.rename(entry.path, trash)
-                    self._space_cache.pop(entry.name, None)
-                    shutil.rmtree(trash)
+                candidates = [e.name for e in os.scandir(self.spaces_dir)]
+        trash: list[Path] = []
+        for sid in sorted(set(candidates or ()) - referenced):
+            if not _SPACE_RE.match(sid):
+                continue  # debris (removed as such) or not made by Headwater
+            folder = self.spaces_dir / f".tmp-gc-{_random.token_hex(8)}"
+            try:
+                os.rename(self.spaces_dir / sid, folder)
+            except FileNotFoundError:
+                continue
+            trash.append(folder)
+            if objects is not None:
+                try:
+                    space = _read_manifest(
+                        folder / SPACE_MANIFEST, self._space_cache, sid, SpaceManifest.from_json
+                    )
+                    objects.update(rec.hash for rec in space.files.values() if rec.hash is not None)
+                except (OSError, TargetError):
+                    objects = None  # which objects it linked to is unknown: look at them all
+            self._space_cache.pop(sid, None)
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(folder / "tree")
+        if objects is None:
+            self._collect_all_objects()
+        else:
+            for digest in sorted(objects):
+                path = self._object_path(digest)
+                with contextlib.suppress(FileNotFoundError):
+                    if os.lstat(path).st_nlink <= 1:
+                        os.unlink(path)
+        for folder in trash:
+            shutil.rmtree(folder)
+
+    def _collect_all_objects(self) -> None:
+        """Delete every object no space links to (link count 1)."""
         try:
             buckets = [e for e in os.scandir(self.objects_dir) if e.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
