@@ -165,10 +165,15 @@ class Engine:
         return self._desired(snap, view, list(view.namespaces), content, None)
 
     def desired_update(
-        self, old: Desired, snap: snapshot.Snapshot, instance: str, namespaces: Iterable[NsKey]
+        self, old: Desired, snap: snapshot.Snapshot, instance: str, namespaces: Iterable[NsKey],
+        *, in_place: bool = False,
     ) -> Desired:
-        """``old`` brought to ``snap`` by rebuilding only ``namespaces`` (without content)."""
-        return self._desired(snap, snap.view(instance), sorted(namespaces), False, old)
+        """``old`` brought to ``snap`` by rebuilding only ``namespaces`` (without content).
+
+        ``in_place`` reuses (and changes) ``old``'s mappings instead of copying them: for a
+        caller that drops ``old``, it saves a copy of the whole state.
+        """
+        return self._desired(snap, snap.view(instance), sorted(namespaces), False, old, in_place)
 
     def _desired(
         self,
@@ -177,6 +182,7 @@ class Engine:
         namespaces: list[NsKey],
         content: bool,
         base: Desired | None,
+        in_place: bool = False,
     ) -> Desired:
         views = [view.namespaces[k] for k in namespaces if k in view.namespaces]
         oids = {info.entry.oid for ns in views for info in ns.flows.values()}
@@ -190,9 +196,14 @@ class Engine:
             sources: dict[ResourceKey, str] = {}
             ns_keys: dict[NsKey, tuple[ResourceKey, ...]] = {}
             missing: list[ResourceKey] = []
+        elif in_place:
+            state, calls, sources, secret_values, ns_keys = (
+                base.state, base.calls, base.sources, base.secrets, base.ns_keys
+            )
         else:
             state, calls, sources = dict(base.state), dict(base.calls), dict(base.sources)
             secret_values, ns_keys = dict(base.secrets), dict(base.ns_keys)
+        if base is not None:
             gone = set(namespaces)
             missing = [k for k in base.missing_secrets if (k.tenant, k.namespace) not in gone]
             for ns_key in gone:
@@ -421,14 +432,16 @@ class Engine:
             self.store.record_failure(instance, snap.revision, [d.to_json() for d in errors])
             raise ValidationFailed(errors, snap.revision)
         touched = sorted(update.touched.get(instance, set()))
-        bare = self.desired_update(resident.desired, snap, instance, touched)
         target = self.target(instance)
         base = resident.snapshot.revision
         with self.store.lock(instance, trigger):
             state = self.store.get(instance)
             if state.pending_revision is not None or state.applied_revision != base or target.current_revision() != base:
                 return None
+            # From here the resident state is updated in place: it is kept only on success.
+            del self._resident[instance]
             old_keys = [k for ns in touched for k in resident.desired.ns_keys.get(ns, ())]
+            bare = self.desired_update(resident.desired, snap, instance, touched, in_place=True)
             new_keys = [k for ns in touched for k in bare.ns_keys.get(ns, ())]
             managed = {k: resident.inventory[k] for k in old_keys if k in resident.inventory}
             actual: State = {k: Resource(k, h, None, False, "") for k, h in managed.items()}
@@ -447,7 +460,7 @@ class Engine:
             changes: dict[ResourceKey, str | None] = {k: None for k in old_keys}
             changes.update((k, wanted[k].hash) for k in new_keys)
             self.store.finish_apply_delta(instance, snap.revision, changes, summary, trigger, "apply")
-        inventory = resident.inventory  # the old resident is dropped: update its inventory in place
+        inventory = resident.inventory
         for k, h in changes.items():
             if h is None:
                 inventory.pop(k, None)

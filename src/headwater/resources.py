@@ -15,7 +15,7 @@ Kind = Literal["config", "kv", "secret", "file", "flow"]
 KINDS: tuple[Kind, ...] = ("config", "kv", "secret", "file", "flow")  # apply order
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True, order=True, slots=True)
 class ResourceKey:
     tenant: str
     namespace: str
@@ -26,7 +26,7 @@ class ResourceKey:
         return f"{self.tenant}/{self.namespace}/{self.kind}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resource:
     """One resource: its key, a content hash, and the content itself when it may be shown.
 

@@ -492,9 +492,11 @@ def update(
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, tree.tenants[tenant].namespaces[ns].flows[fid], refs)
     store.put_many(fresh)
 
+    clean = not any(old.parsed.get(path) or parsed.get(path) for path in changed)
+    diagnostics = old.diagnostics if clean else [*old.fixed_diagnostics, *_flatten(parsed)]
     snap = dataclasses.replace(
         old, revision=sha, layout=tree, configs=configs, flows=flows, parsed=parsed,
-        diagnostics=[*old.fixed_diagnostics, *_flatten(parsed)], _views={}, _paths=old._paths,
+        diagnostics=diagnostics, _views={}, _paths=old._paths,
     )
     result = Update(snap, changed)
     for name, view in old._views.items():

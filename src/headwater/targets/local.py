@@ -556,6 +556,8 @@ class LocalTarget:
             final = f"{revision}.{n}"
         os.rename(work, self.revisions_dir / final)
         self._sync([self.revisions_dir])
+        st = os.stat(self.revisions_dir / final / MANIFEST)  # known: not parsed again when read
+        self._revision_cache[final] = ((st.st_ino, st.st_mtime_ns), _Revision(revision, spaces))
         return final
 
     def _object_path(self, digest: str) -> Path:
