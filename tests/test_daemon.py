@@ -618,3 +618,34 @@ def test_a_break_glass_rollback_sticks_until_the_branch_moves(tmp_path: Path) ->
         assert "rolled back to" in dev["error"]
         third = remote.commit("dev")
         d.wait_applied("dev", third)
+
+
+def test_after_a_restart_in_place_edits_sync_incrementally(tmp_path: Path) -> None:
+    """A daemon started on up-to-date instances primes them from the state store and the
+    cache, so the next in-place edit is planned and written for its namespace only; a new
+    file is a structural change and gets a full sync."""
+    remote = Remote(tmp_path)
+    conf = base_config(tmp_path, remote.url, **FAST_POLL)
+    with Daemon(tmp_path, conf, name="first") as d:
+        d.wait_ready()
+        first = remote.head("dev")
+        d.wait_applied("dev", first)
+        assert d.stop() == 0
+    edited = remote.commit("dev", {f"{FLOW_DIR}/hello.yaml": flow("hello", message="edited")})
+    with Daemon(tmp_path, conf, name="second") as d:
+        d.wait_applied("dev", edited)
+        primed = [e["instance"] for e in d.events() if e.get("event") == "primed"]
+        assert sorted(primed) == ["dev", "prod"]
+        added = remote.commit("dev", {f"{FLOW_DIR}/added.yaml": flow("added")})
+        d.wait_applied("dev", added)
+        again = remote.commit("dev", {f"{FLOW_DIR}/added.yaml": flow("added", message="again")})
+        d.wait_applied("dev", again)
+        syncs = {
+            e["revision"]: e for e in d.events()
+            if e.get("event") == "sync" and e.get("instance") == "dev" and e.get("result") == "applied"
+        }
+        assert syncs[edited]["incremental"] is True and syncs[edited]["update"] == 1
+        assert syncs[added]["incremental"] is False and syncs[added]["create"] == 1
+        assert syncs[again]["incremental"] is True and syncs[again]["update"] == 1
+        assert d.stop() == 0
+    assert consistent(tmp_path, "dev") == again

@@ -350,3 +350,34 @@ def test_drift_outside_the_change_is_left_to_the_drift_check_then_restored(
         assert drifted in result.plan.drift
         assert engine.drift("dev") == []
         assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+
+
+def test_a_restarted_engine_primed_from_the_store_applies_incrementally(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    calls = Calls(monkeypatch)
+    with open_engine(repo_dir, state) as engine:
+        engine.apply("dev", "HEAD", trigger="test")
+    with open_engine(repo_dir, state) as restarted:
+        assert not restarted.primed("dev")
+        assert restarted.prime("dev") and restarted.primed("dev")
+        calls.take()
+        head = commit(repo_dir, "flow", EDITS["flow"])
+        restarted.apply("dev", head, trigger="test")
+        assert calls.take() == ["apply_namespaces"]
+        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+
+
+def test_priming_refuses_an_instance_the_store_and_target_disagree_on(repo_dir: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with open_engine(repo_dir, state) as engine:
+        assert not engine.prime("dev")  # nothing applied yet
+        first = engine.apply("dev", "HEAD", trigger="test").plan.revision
+        engine.apply("dev", commit(repo_dir, "flow", EDITS["flow"]), trigger="test")
+    with open_engine(repo_dir, state) as engine:
+        engine.target("dev").activate(first)  # the target moved behind the store's back
+        assert not engine.prime("dev")
+        engine.store.begin_apply("dev", first, trigger="test")  # an apply that did not finish
+        engine.target("dev").activate(engine.store.get("dev").applied_revision or "")
+        assert not engine.prime("dev")

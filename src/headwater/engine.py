@@ -88,6 +88,7 @@ class PlanResult:
     plan: planning.Plan
     desired: Desired
     snapshot: snapshot.Snapshot
+    incremental: bool = False  # applied from the changed paths only (``Engine._apply_changes``)
 
 
 class Engine:
@@ -467,7 +468,7 @@ class Engine:
             else:
                 inventory[k] = h
         self._resident[instance] = _Resident(snap, bare, inventory)
-        return PlanResult(result, bare, snap)
+        return PlanResult(result, bare, snap, incremental=True)
 
     def _loaded(self, desired: Desired, keys: list[ResourceKey]) -> State:
         """The resources ``keys`` of ``desired``, with their content (read in one batch)."""
@@ -478,6 +479,31 @@ class Engine:
             oid = desired.sources.get(k)
             result[k] = res if oid is None else Resource(k, res.hash, blobs[oid], res.binary, res.source)
         return result
+
+    def prime(self, instance: str) -> bool:
+        """Take what the instance holds as the starting point of incremental applies, without
+        an apply: the daemon calls this when it starts on an instance that is up to date, so
+        its first sync after a restart is an incremental one. Only when the state store and
+        the target agree (nothing pending, the target at the applied revision); the commit's
+        results come from the persistent cache. True when primed."""
+        if instance in self._resident:
+            return True
+        state = self.store.get(instance)
+        revision = state.applied_revision
+        if revision is None or state.pending_revision is not None:
+            return False
+        if self.target(instance).current_revision() != revision:
+            return False
+        snap = self.load(revision)
+        if instance not in snap.instances or any(d.severity == "error" for d in self.check(snap, instance)):
+            return False  # e.g. rules that changed since it was applied: the full path decides
+        desired = self.desired(snap, instance, content=False)
+        self._resident[instance] = _Resident(snap, desired, self.store.inventory(instance))
+        return True
+
+    def primed(self, instance: str) -> bool:
+        """Whether the next apply of ``instance`` can be an incremental one."""
+        return instance in self._resident
 
     def forget(self, instance: str) -> None:
         """Make the next apply of ``instance`` a full one (reads the target back, rereads

@@ -67,6 +67,7 @@ class SyncResult:
     counts: Mapping[str, int] = field(default_factory=dict)
     verdict: bool = True
     transient: bool = False
+    incremental: bool = False
 
 
 def permanent_failure(state: InstanceState) -> bool:

@@ -94,6 +94,8 @@ def log_sync(
     if c:
         text += f" (+{c.get('create', 0)} ~{c.get('update', 0)} -{c.get('delete', 0)}"
         text += f", {c['drift']} drift restored)" if c.get("drift") else ")"
+    if result.incremental:
+        text += " incrementally"
     text += f" in {duration:.2f}s [{reason}]"
     if result.error:
         text += f": {result.error}"
@@ -116,6 +118,7 @@ def log_sync(
         duration=round(duration, 4),
         trigger=reason,
         error=result.error,
+        incremental=result.incremental,
         **counts,
     )
 
@@ -149,6 +152,7 @@ def attempt(d: Daemon, rt: InstanceRuntime, reason: str) -> SyncResult:
     if state.pending_revision is None:
         current = d.engine.target(name).current_revision()
         if head == state.applied_revision == current and not rt.heal:
+            prime(d, rt)
             return SyncResult("up_to_date", head)
         if head == state.attempted_revision and permanent_failure(state):
             if not (rt.heal and state.applied_revision):
@@ -159,7 +163,29 @@ def attempt(d: Daemon, rt: InstanceRuntime, reason: str) -> SyncResult:
             return SyncResult("skipped", head, _rolled_back(rollback, rt))
         if rollback is not None:
             candidate = rollback.revision
+    if candidate == head and not rt.heal:
+        prime(d, rt)
     return apply(d, rt, candidate, reason)
+
+
+def prime(d: Daemon, rt: InstanceRuntime) -> None:
+    """Make the next sync of an instance incremental (see ``Engine.prime``); on a failure
+    the next sync is simply a full one."""
+    assert d.engine is not None
+    if d.engine.primed(rt.name):
+        return
+    started = time.monotonic()
+    try:
+        primed = d.engine.prime(rt.name)
+    except (HeadwaterError, OSError) as exc:
+        d.event(DEBUG, "prime.skipped", f"{rt.name}: next sync is a full one ({exc})", instance=rt.name)
+        return
+    if primed:
+        duration = time.monotonic() - started
+        d.event(
+            INFO, "primed", f"{rt.name}: ready for incremental syncs ({duration:.2f}s)",
+            instance=rt.name, duration=round(duration, 3),
+        )
 
 
 def _rolled_back(rollback: HistoryEntry, rt: InstanceRuntime) -> str:
@@ -258,7 +284,9 @@ def apply(d: Daemon, rt: InstanceRuntime, revision: str, reason: str) -> SyncRes
             instance=name,
             secrets=missing,
         )
-    return SyncResult("applied", result.plan.revision, counts=result.plan.summary())
+    return SyncResult(
+        "applied", result.plan.revision, counts=result.plan.summary(), incremental=result.incremental
+    )
 
 
 # -- drift ----------------------------------------------------------------------------------
