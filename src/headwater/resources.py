@@ -9,14 +9,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 Kind = Literal["config", "kv", "secret", "file", "flow"]
 KINDS: tuple[Kind, ...] = ("config", "kv", "secret", "file", "flow")  # apply order
 
 
-@dataclass(frozen=True, order=True, slots=True)
-class ResourceKey:
+class ResourceKey(NamedTuple):
+    """(tenant, namespace, kind, name); a tuple, for hashing and comparing are hot paths (a
+    large instance holds more than half a million resources)."""
+
     tenant: str
     namespace: str
     kind: Kind
