@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from headwater.cli.main import main
+from headwater.resources import make
 from headwater.state import StateStore
 from headwater.targets.local import LocalTarget
 from tests.gitutil import commit, git, sample_repo
@@ -320,3 +321,113 @@ def test_a_rollback_killed_mid_way_is_recorded_as_a_rollback(instance: Instance)
     assert body["applied_revision"] == body["target_revision"] == first
     latest = history()[0]
     assert (latest["revision"], latest["action"]) == (first, "rollback")
+
+
+# -- a crash at every step of the local target's apply ---------------------------------------------
+
+
+class Crash(BaseException):
+    """The process dies here: not an Exception, so nothing cleans up after it."""
+
+
+STEPS = ("mkdir", "symlink", "rename", "replace", "link", "unlink", "rmdir")
+
+
+def tenants(version: int) -> dict[Any, Any]:
+    """Three tenants of four namespaces; acme/ns1 holds ``version``, and from version 2 on
+    initech/ns3 is gone."""
+    desired = {}
+    for tenant in ("acme", "globex", "initech"):
+        for n in range(4):
+            if (tenant, n) == ("initech", 3) and version >= 2:
+                continue
+            v = version if (tenant, n) == ("acme", 1) else 0
+            for r in (
+                make(tenant, f"ns{n}", "flow", "hello", f"id: hello\n# {tenant} {n} {v}\n".encode()),
+                make(tenant, f"ns{n}", "file", "lib/a.py", f"print({n}, {v})\n".encode()),
+            ):
+                desired[r.key] = r
+    return desired
+
+
+def by_namespace(desired: dict[Any, Any], *namespaces: tuple[str, str]) -> dict[Any, Any]:
+    return {ns: {k: r for k, r in desired.items() if (k.tenant, k.namespace) == ns} for ns in namespaces}
+
+
+def on_disk(root: Path) -> tuple[set[str], set[str]]:
+    """(indexes, spaces) in the instance, and check that they are exactly those the revision
+    folders name: nothing a crash left behind, nothing a revision needs missing."""
+    named: tuple[set[str], set[str]] = (set(), set())
+    for rev in (root / "revisions").iterdir():
+        manifest = json.loads((rev / ".manifest.json").read_bytes())
+        named[0].update(iid for _, iid in manifest["tenants"])
+        named[1].update(row[2] for row in manifest["namespaces"])
+    found = ({p.name for p in (root / "indexes").iterdir()}, {p.name for p in (root / "spaces").iterdir()})
+    assert found == named
+    return found
+
+
+@pytest.mark.parametrize("incremental", [True, False], ids=["apply_namespaces", "apply"])
+def test_a_crash_at_any_step_of_an_apply_leaves_old_or_new(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, incremental: bool
+) -> None:
+    """Every file-system change an apply makes (spaces, indexes, the revision, the swap, the
+    pruning and collection of indexes, spaces and objects) is a point where it may die."""
+    expected = {f"r{v}": {k: r.hash for k, r in tenants(v).items()} for v in range(3)}
+    changed = [("acme", "ns1"), ("initech", "ns3")]
+
+    def prepare(root: Path) -> LocalTarget:
+        target = LocalTarget(root, keep=1, durable=False)
+        target.apply("r0", tenants(0), {})
+        target.apply("r1", tenants(1), {})
+        return target
+
+    def run(target: LocalTarget) -> None:
+        if incremental:
+            target.apply_namespaces("r2", "r1", by_namespace(tenants(2), *changed), {})
+        else:
+            target.apply("r2", tenants(2), {})
+
+    def crashing(at: int) -> list[str]:
+        done: list[str] = []
+        for name in STEPS:
+            real = getattr(os, name)
+
+            def step(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+                if len(done) + 1 == at:
+                    raise Crash
+                done.append(f"{_name} {args[0]}")
+                return _real(*args, **kw)
+
+            monkeypatch.setattr(os, name, step)
+        return done
+
+    whole = prepare(tmp_path / "whole")
+    steps = crashing(0)
+    run(whole)
+    monkeypatch.undo()
+    total = len(steps)
+    assert any("/indexes/.tmp-" in s for s in steps) and any("/indexes/.tmp-gc-" in s for s in steps)
+
+    outcomes = {"r1": 0, "r2": 0}
+    for at in range(1, total + 1):
+        root = tmp_path / f"crash{at}"
+        target = prepare(root)
+        crashing(at)
+        with pytest.raises(Crash):
+            run(target)
+        monkeypatch.undo()
+
+        reopened = LocalTarget(root, keep=1, durable=False)  # removes the debris, collects
+        assert debris(root) == [], at
+        current = reopened.current_revision()
+        assert current in ("r1", "r2"), at
+        outcomes[current] += 1
+        assert reopened.manifest() == expected[current], at
+        assert {k: r.hash for k, r in reopened.inventory().items()} == expected[current], at
+        on_disk(root)
+        reopened.apply("r2", tenants(2), {})  # the next apply converges
+        assert {k: r.hash for k, r in reopened.inventory().items()} == expected["r2"], at
+        assert debris(root) == [], at
+        on_disk(root)
+    assert outcomes["r1"] > 0 and outcomes["r2"] > 0, outcomes

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import random
+import shutil
 import signal
 import stat
 import subprocess
@@ -73,7 +74,7 @@ def hashes(s: State) -> dict[ResourceKey, str]:
 
 def debris(root: Path) -> list[str]:
     found = [p.name for p in root.iterdir() if ".tmp-" in p.name]
-    for sub in ("revisions", "objects", "spaces"):
+    for sub in ("revisions", "objects", "spaces", "indexes"):
         if (root / sub).is_dir():
             found += [f"{sub}/{p.name}" for p in (root / sub).iterdir() if ".tmp-" in p.name]
     return found
@@ -129,13 +130,18 @@ def test_materialisation_layout(root: Path, target: LocalTarget) -> None:
     assert stat.S_IMODE((ns / "flows" / "hello.yaml").stat().st_mode) == 0o444
     manifest = json.loads((root / "current" / ".manifest.json").read_bytes())
     assert manifest["revision"] == "aaa111"
-    # each namespace folder is a link to its space: one namespace at one content, shared by
-    # every revision where the namespace holds the same resources
+    # each tenant folder is a link to its index, whose links lead to the namespaces' spaces
+    # (one namespace at one content): both are shared by every revision where they are the same
     assert [row[:2] for row in manifest["namespaces"]] == [["acme", "company"], ["acme", "company.team"]]
+    assert [row[0] for row in manifest["tenants"]] == ["acme"]
+    index = manifest["tenants"][0][1]
+    assert os.readlink(root / "current/acme") == f"../../indexes/{index}"
+    assert sorted(p.name for p in (root / "indexes" / index).iterdir()) == ["company", "company.team"]
     for tenant, namespace, space, _digest in manifest["namespaces"]:
-        link = root / "current" / tenant / namespace
-        assert os.readlink(link) == f"../../../spaces/{space}/tree"
-        assert link.resolve() == (root / "spaces" / space / "tree").resolve()
+        link = root / "indexes" / index / namespace
+        assert os.readlink(link) == f"../../spaces/{space}/tree"
+        resolved = (root / "current" / tenant / namespace).resolve()
+        assert resolved == (root / "spaces" / space / "tree").resolve()
     assert target.manifest() == hashes(sample())
 
 
@@ -537,6 +543,9 @@ def build(version):
             desired[r.key] = r
         k = ResourceKey("acme", ns, "secret", "TOKEN")
         desired[k] = Resource(k, secret_hash(b"k" * 32, f"token-{version}"))
+    for n in range(3):  # a tenant that never changes: its index is shared
+        r = make("globex", f"team{n}", "flow", "hello", f"id: hello\n# {n}\n".encode())
+        desired[r.key] = r
     secrets = {("acme", f"company.ns{n}"): {"TOKEN": f"token-{version}"} for n in range(10)}
     return desired, secrets
 """
@@ -612,6 +621,7 @@ def test_sigkill_at_random_instants_leaves_old_or_new(tmp_path: Path) -> None:
 
         target = LocalTarget(root)  # opening removes the debris
         assert debris(root) == [], attempt
+        assert (indexes(root), spaces(root)) == referenced(root), attempt  # nothing left over
         current = target.current_revision()
         assert current in (old, new), attempt
         outcomes["old" if current == old else "new"] += 1
@@ -686,13 +696,18 @@ def test_a_namespace_link_replaced_by_hand_is_not_followed(
     assert target.read(ResourceKey("acme", "company", "flow", "hello")) is None
     target.apply("r2", sample(), SECRETS)
     assert hashes(target.inventory()) == hashes(sample())
+    # the link was replaced inside r1's index: r2 has an index of its own, r1 keeps the edit
+    assert os.readlink(root / "current/acme") == os.readlink(root / "previous/acme") + ".1"
+    assert os.readlink(root / "previous/acme/company") == str(elsewhere)
+    with pytest.raises(TargetError, match=r"modified on disk \(acme/company\)"):
+        target.activate("r1")
 
 
 def test_spaces_no_revision_uses_are_collected(root: Path) -> None:
     target = LocalTarget(root, keep=1, durable=False)
     for i in range(4):
         target.apply(f"r{i}", sample(i), SECRETS)
-    used = {os.readlink(p).split("/")[4] for d in ("current", "previous")
+    used = {os.readlink(p).split("/")[3] for d in ("current", "previous")
             for p in (root / d / "acme").iterdir()}
     assert spaces(root) == used
 
@@ -723,7 +738,7 @@ def by_namespace(s: State, *namespaces: tuple[str, str]) -> dict[tuple[str, str]
 
 
 def space_of(root: Path, revision: str, tenant: str, namespace: str) -> str:
-    return os.readlink(root / "revisions" / revision / tenant / namespace).split("/")[4]
+    return os.readlink(root / "revisions" / revision / tenant / namespace).split("/")[-2]
 
 
 def test_applying_the_changed_namespaces_equals_a_full_apply(tmp_path: Path) -> None:
@@ -827,7 +842,10 @@ def test_namespaces_not_given_are_not_read(root: Path, monkeypatch: pytest.Monke
         (tenant, f"team{n}") for tenant in ("acme", "globex") for n in range(6)
     } - set(given)
     untouched_spaces = {space_of(root, "r1", *ns) for ns in untouched}
-    untouched_links = {f"revisions/r1/{t}/{n}" for t, n in untouched}
+    # the links of r1 are not read: its tenant links, and its indexes (even acme's, rewritten)
+    untouched_links = {f"revisions/r1/{t}" for t in ("acme", "globex")} | {
+        f"indexes/{os.readlink(root / 'revisions/r1' / t).split('/')[-1]}" for t in ("acme", "globex")
+    }
     looked_at: list[str] = []
     touched: list[str] = []
 
@@ -893,7 +911,227 @@ def test_an_apply_that_finds_debris_collects_everything(root: Path, target: Loca
     orphan.write_bytes(b"linked by nothing")
     (root / "spaces" / ("0" * 32)).mkdir()  # a space no revision uses
     (root / "spaces/.tmp-0123").mkdir()
+    (root / "indexes" / ("0" * 32)).mkdir()  # an index no revision uses
+    (root / "indexes" / ("0" * 32) / "company").symlink_to("../../spaces/" + "0" * 32 + "/tree")
     target.apply("r2", sample(2), SECRETS)  # prunes nothing (keep=3), but found debris
     assert debris(root) == []
     assert not orphan.exists()
     assert "0" * 32 not in spaces(root)
+    assert "0" * 32 not in indexes(root)
+
+
+# -- tenant indexes shared between revisions ------------------------------------------------------
+
+
+def indexes(root: Path) -> set[str]:
+    return {p.name for p in (root / "indexes").iterdir()}
+
+
+def index_of(root: Path, revision: str, tenant: str) -> str:
+    return os.readlink(root / "revisions" / revision / tenant).split("/")[-1]
+
+
+def referenced(root: Path) -> tuple[set[str], set[str]]:
+    """The indexes and spaces the revision folders' manifests name."""
+    found: tuple[set[str], set[str]] = (set(), set())
+    for rev in (root / "revisions").iterdir():
+        manifest = json.loads((rev / ".manifest.json").read_bytes())
+        found[0].update(iid for _, iid in manifest.get("tenants", []))
+        found[1].update(row[2] for row in manifest["namespaces"])
+    return found
+
+
+def test_an_unchanged_tenant_shares_its_index(tmp_path: Path) -> None:
+    incremental = LocalTarget(tmp_path / "a", keep=3, durable=False)
+    full = LocalTarget(tmp_path / "b", keep=3, durable=False)
+    for target in (incremental, full):
+        target.apply("r1", wide(0), {})
+    incremental.apply_namespaces("r2", "r1", by_namespace(wide(1), ("acme", "team3")), {})
+    full.apply("r2", wide(1), {})
+    for root in (tmp_path / "a", tmp_path / "b"):
+        r1, r2 = root / "revisions/r1", root / "revisions/r2"
+        assert os.readlink(r1 / "globex") == os.readlink(r2 / "globex")  # the same text
+        assert os.readlink(r1 / "acme") != os.readlink(r2 / "acme")
+        assert len(indexes(root)) == 3
+        assert os.readlink(r1 / "acme/team0") == os.readlink(r2 / "acme/team0")  # same space
+        assert os.readlink(r1 / "acme/team3") != os.readlink(r2 / "acme/team3")
+    assert indexes(tmp_path / "a") == indexes(tmp_path / "b")  # named after what they hold
+    # back to the first content: its index (checked intact first) serves again
+    incremental.apply_namespaces("r3", "r2", by_namespace(wide(0), ("acme", "team3")), {})
+    full.apply("r3", wide(0), {})
+    for root in (tmp_path / "a", tmp_path / "b"):
+        assert index_of(root, "r3", "acme") == index_of(root, "r1", "acme")
+        assert len(indexes(root)) == 3
+
+
+def test_applying_one_namespace_creates_the_links_of_its_tenant_only(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def many(version: int) -> State:
+        """Five tenants of 30 namespaces; acme/team7 holds ``version``."""
+        result: State = {}
+        for tenant in ("acme", "globex", "initech", "hooli", "umbrella"):
+            for n in range(30):
+                v = version if (tenant, n) == ("acme", 7) else 0
+                r = res("flow", "hello", f"id: hello\n# {tenant} {n} {v}\n".encode(), f"team{n}", tenant)
+                result[r.key] = r
+        return result
+
+    target = LocalTarget(root, keep=1, durable=False)
+    target.apply("r1", many(0), {})
+    target.apply("r2", many(1), {})
+    real = os.symlink
+    made: list[str] = []
+
+    def counting(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+        made.append(os.fspath(dst))
+        real(src, dst, *args, **kw)
+
+    monkeypatch.setattr(os, "symlink", counting)
+    target.apply_namespaces("r3", "r2", by_namespace(many(2), ("acme", "team7")), {})
+    monkeypatch.undo()
+    # 30 in acme's new index, 5 tenant links, the temporary current and previous links
+    assert len(made) <= 30 + 7, made
+    assert sum("/indexes/" in m for m in made) == 30
+    assert hashes(target.inventory()) == hashes(many(2))
+    assert target.revisions() == ["r3", "r2"]
+
+
+def test_indexes_no_revision_uses_are_collected(root: Path) -> None:
+    target = LocalTarget(root, keep=1, durable=False)
+    target.apply("r1", wide(1), {})
+    for i in (2, 3, 4):
+        target.apply_namespaces(f"r{i}", f"r{i - 1}", by_namespace(wide(i), ("acme", "team3")), {})
+    assert target.revisions() == ["r4", "r3"]
+    used = {index_of(root, r, t) for r in ("r4", "r3") for t in ("acme", "globex")}
+    assert indexes(root) == used and len(used) == 3  # globex's is shared
+    assert (indexes(root), spaces(root)) == referenced(root)
+    target.apply("r5", {}, {})  # nothing left: a revision without tenants
+    target.apply("r6", {}, {})
+    assert indexes(root) == set() and spaces(root) == set()
+    assert sorted(p.name for p in (root / "current").iterdir()) == [".manifest.json", ".revision.json"]
+
+
+def test_a_folder_made_by_hand_in_an_index(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", wide(0), {})
+    target.apply_namespaces("r2", "r1", {("globex", "team5"): {}}, {})
+    second = {k: r for k, r in wide(0).items() if (k.tenant, k.namespace) != ("globex", "team5")}
+    shared = index_of(root, "r2", "acme")
+    assert shared == index_of(root, "r1", "acme")
+    extra = root / "current/acme/byhand"  # inside the index r1 and r2 share
+    (extra / "flows").mkdir(parents=True)
+    (extra / "flows/made.yaml").write_bytes(b"id: made\n")
+    made = ResourceKey("acme", "byhand", "flow", "made")
+    # the current revision reports it as unmanaged (the plan deletes it) and reads it
+    assert target.inventory()[made].hash == content_hash(b"id: made\n")
+    assert target.read(made) == b"id: made\n"
+    # a revision sharing the index holds it too: activating one is refused
+    with pytest.raises(TargetError, match=r"modified on disk \(acme/byhand\)"):
+        target.activate("r1")
+    # an incremental apply reaching the tenant writes the tenant's index anew, without it
+    target.apply_namespaces("r3", "r2", by_namespace(wide(2), ("acme", "team3")), {})
+    assert made not in target.inventory()
+    assert not (root / "current/acme/byhand").exists()
+    # a full apply never shares an index holding more than its links (r2's content again)
+    target.apply("r4", second, {})
+    assert index_of(root, "r4", "acme") == f"{shared}.1"
+    assert hashes(target.inventory()) == hashes(second)
+
+
+def test_a_tenant_link_replaced_by_hand(tmp_path: Path, root: Path, target: LocalTarget) -> None:
+    target.apply("r1", wide(0), {})
+    tenant = root / "current/acme"
+    index = root / "indexes" / index_of(root, "r1", "acme")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for link in index.iterdir():
+        (copy / link.name).symlink_to(os.readlink(link))
+    tenant.unlink()
+    tenant.symlink_to(copy)  # the same links, elsewhere: not followed
+    key = ResourceKey("acme", "team1", "flow", "hello")
+    assert not any(k.tenant == "acme" for k in target.inventory())
+    assert target.read(key) is None
+    tenant.unlink()
+    (tenant / "team1/flows").mkdir(parents=True)  # a folder by hand: read as unmanaged
+    (tenant / "team1/flows/hello.yaml").write_bytes(b"by hand\n")
+    (tenant / "team2").symlink_to(f"../../../spaces/{space_of(root, 'r1', 'globex', 'team2')}/tree")
+    inventory = target.inventory()
+    assert {k for k in inventory if k.tenant == "acme"} == {key}
+    assert inventory[key].hash == content_hash(b"by hand\n")
+    assert target.read(key) == b"by hand\n"
+    assert target.read(ResourceKey("acme", "team2", "flow", "hello")) is None
+    target.apply("r2", wide(0), {})
+    assert hashes(target.inventory()) == hashes(wide(0))
+    assert index_of(root, "r2", "acme") == index.name  # the index itself was intact
+    with pytest.raises(TargetError, match=r"modified on disk \(acme\)"):
+        target.activate("r1")
+
+
+def test_a_damaged_index(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", wide(0), {})
+    index = root / "indexes" / index_of(root, "r1", "acme")
+    (index / "team1").unlink()
+    (index / "team2").unlink()
+    (index / "team2").symlink_to(os.readlink(index / "team3"))  # leads to team3's space
+    inventory = target.inventory()
+    assert {k.namespace for k in inventory if k.tenant == "acme"} == {"team0", "team3", "team4", "team5"}
+    assert target.read(ResourceKey("acme", "team2", "flow", "hello")) is None
+    target.apply("r2", wide(0), {})
+    assert index_of(root, "r2", "acme") == f"{index.name}.1"
+    assert hashes(target.inventory()) == hashes(wide(0))
+    with pytest.raises(TargetError, match=r"modified on disk \(acme/team1\)"):
+        target.activate("r1")
+    shutil.rmtree(root / "indexes" / index_of(root, "r2", "acme"))  # gone entirely
+    assert not any(k.tenant == "acme" for k in target.inventory())
+    assert hashes(target.inventory()) == hashes({k: r for k, r in wide(0).items() if k.tenant != "acme"})
+    target.apply("r3", wide(0), {})
+    assert hashes(target.inventory()) == hashes(wide(0))
+
+
+def to_format2(root: Path, dirname: str) -> None:
+    """Rewrite a revision folder as Headwater wrote it before indexes (format 2): a real
+    folder per tenant holding the links to spaces, and no tenants in the manifest."""
+    rev = root / "revisions" / dirname
+    manifest = json.loads((rev / ".manifest.json").read_bytes())
+    for tenant, index in manifest.pop("tenants"):
+        (rev / tenant).unlink()
+        (rev / tenant).mkdir()
+        for link in (root / "indexes" / index).iterdir():
+            (rev / tenant / link.name).symlink_to("../" + os.readlink(link))
+    manifest["format"] = 2
+    meta = json.loads((rev / ".revision.json").read_bytes())
+    meta["format"] = 2
+    for name, data in ((".manifest.json", manifest), (".revision.json", meta)):
+        (rev / name).unlink()
+        (rev / name).write_text(json.dumps(data))
+
+
+def test_an_instance_of_format_2_is_read_then_upgraded(root: Path) -> None:
+    LocalTarget(root, durable=False).apply("r1", wide(0), {})
+    to_format2(root, "r1")
+    shutil.rmtree(root / "indexes")
+    team1 = space_of(root, "r1", "acme", "team1")
+    assert os.readlink(root / "current/acme/team1") == f"../../../spaces/{team1}/tree"
+    target = LocalTarget(root, keep=1, durable=False)
+    assert target.current_revision() == "r1" and target.revisions() == ["r1"]
+    assert target.manifest() == target.manifest("r1") == hashes(wide(0))
+    assert hashes(target.inventory()) == hashes(wide(0))
+    key = ResourceKey("acme", "team3", "file", "lib/b.py")
+    assert target.read(key) == b"print('acme team3 0')\n"
+    # the next apply plans against it and writes the new layout, sharing its spaces
+    target.apply_namespaces("r2", "r1", by_namespace(wide(1), ("acme", "team3")), {})
+    assert hashes(target.inventory()) == hashes(wide(1))
+    assert sorted(indexes(root)) == sorted(index_of(root, "r2", t) for t in ("acme", "globex"))
+    assert space_of(root, "r2", "globex", "team0") == space_of(root, "r1", "globex", "team0")
+    assert os.readlink(root / "previous") == "revisions/r1"
+    target.activate("r1")  # a rollback to it still works
+    assert target.current_revision() == "r1" and hashes(target.inventory()) == hashes(wide(0))
+    target.activate("r2")
+    (root / "previous/acme/team4/kv.json").unlink()
+    with pytest.raises(TargetError, match=r"modified on disk \(acme/team4\)"):
+        target.activate("r1")
+    target.apply("r3", wide(3), {})  # prunes r1 (keep=1: r2 becomes previous), then r2
+    target.apply("r4", wide(4), {})
+    assert target.revisions() == ["r4", "r3"]
+    assert (indexes(root), spaces(root)) == referenced(root)
+    assert all(p.stat().st_nlink >= 2 for p in objects(root))

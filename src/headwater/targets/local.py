@@ -12,25 +12,38 @@ Layout, all inside the instance directory::
         config.json, kv.json
         secrets.env                      0600, SECRET_<NAME>=<base64>; never in objects/
     spaces/<id>/manifest.json            its resources and the stat of every file
+    indexes/<id>/                        one tenant at one content: its namespaces' spaces
+        <namespace> -> ../../spaces/<id>/tree
     revisions/<sha>/                     one applied commit (``<sha>.<n>`` when re-materialised)
         .revision.json                   {"format", "revision", "seq", "created"}
-        .manifest.json                   (tenant, namespace) -> space id and digest
-        <tenant>/<namespace> -> ../../../spaces/<id>/tree
-    revisions/.tmp-*, objects/.tmp-*, spaces/.tmp-*, current.tmp-*, previous.tmp-*
+        .manifest.json                   (tenant, namespace) -> space id and digest;
+                                         tenant -> index id
+        <tenant> -> ../../indexes/<id>
+    revisions/.tmp-*, objects/.tmp-*, spaces/.tmp-*, indexes/.tmp-*, current.tmp-*, previous.tmp-*
                                          work in progress; debris after a crash, removed later
 
-So ``current/<tenant>/<namespace>/flows/<id>.yaml`` resolves for a reader as before, while a
-revision that changes one namespace writes one space and a small revision folder: unchanged
-namespaces share their space with the previous revision. A revision is built complete under
-``revisions/.tmp-…``, renamed into place, then published by replacing the ``current`` symlink
+So ``current/<tenant>/<namespace>/flows/<id>.yaml`` resolves for a reader through two links,
+while a revision that changes one namespace writes one space, one index (the links of that
+tenant's namespaces) and a small revision folder: unchanged namespaces share their space, and
+unchanged tenants their index, with the previous revision. An index's id is derived from its
+(namespace, space id) pairs, so two revisions in which a tenant is the same share one. A
+revision is built complete under ``revisions/.tmp-…`` (its new spaces and indexes renamed into
+place before it), renamed into place, then published by replacing the ``current`` symlink
 (git-sync's technique), so a reader never sees a half-applied commit and a crash at any
-instant leaves ``current`` at the old or the new one. Spaces never change once written; a
-space changed by hand is drift, read back as such and never shared with a new revision.
+instant leaves ``current`` at the old or the new one. Spaces and indexes never change once
+written; one changed by hand is drift, read back as such and never shared by a full apply. A
+folder made by hand inside an index shows in every revision sharing it: it is read back as
+unmanaged, and ``activate`` refuses a revision that holds it.
 
 ``apply_namespaces`` is given only the namespaces that changed and takes every other one
-from the current revision's manifest without reading it, and pruning finds the spaces and
-objects to collect from the manifests of the revisions it removes: the cost of such an apply
-follows the change, plus writing a manifest and a link per namespace.
+from the current revision's manifest without reading it, every tenant without a changed
+namespace keeping its index unread; pruning finds the indexes, spaces and objects to collect
+from the manifests of the revisions it removes: the cost of such an apply follows the change,
+plus the links of the changed tenants and a manifest entry per namespace.
+
+Revisions written before indexes existed (format 2: real tenant folders holding
+``<namespace> -> ../../../spaces/<id>/tree``) are still read and activated; the next apply
+writes the current layout.
 """
 
 from __future__ import annotations
@@ -38,6 +51,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -45,11 +59,11 @@ import secrets as _random
 import shutil
 import stat
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from headwater.errors import TargetError
 from headwater.resources import Resource, ResourceKey, State
@@ -79,12 +93,16 @@ from headwater.targets.local_space import (
     read_unmanaged,
 )
 
-FORMAT = 2
+FORMAT = 3
+_FORMAT2 = 2  # tenant folders of links to spaces, no indexes: still read
 MANIFEST = ".manifest.json"
 REVISION_META = ".revision.json"
 SPACE_MANIFEST = "manifest.json"
 _DIR_RE = re.compile(r"([0-9A-Za-z_-]{1,128})(?:\.([1-9][0-9]{0,8}))?\Z")
-_SPACE_RE = re.compile(r"[0-9a-f]{32}(?:\.[1-9][0-9]{0,8})?\Z")
+_ID_RE = re.compile(r"[0-9a-f]{32}(?:\.[1-9][0-9]{0,8})?\Z")  # a space or an index
+_SPACE_LINK = "../../spaces/{}/tree"  # indexes/<iid>/<namespace>
+_FORMAT2_SPACE_LINK = "../../../spaces/{}/tree"  # revisions/<dir>/<tenant>/<namespace>
+_INDEX_LINK = "../../indexes/{}"  # revisions/<dir>/<tenant>
 _SYNC_BATCH = 256  # above this many files and directories to flush, one sync() is cheaper
 # A space read back clean by ``inventory`` is shared by an apply within this many seconds
 # without walking it again (the engine reads the target back right before it applies).
@@ -98,31 +116,94 @@ class BaseMoved(TargetError):
 
 @dataclass(frozen=True)
 class _Revision:
-    """A revision's manifest: which space each namespace folder is."""
+    """A revision's manifest: which space each namespace folder is, and which index each
+    tenant folder is (None in a format 2 revision, whose tenant folders hold the links)."""
 
     revision: str
     spaces: dict[tuple[str, str], tuple[str, str]]  # (tenant, namespace) -> (space id, digest)
+    indexes: dict[str, str] | None  # tenant -> index id
 
     def to_json(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "revision": self.revision,
             "namespaces": [[t, n, sid, d] for (t, n), (sid, d) in sorted(self.spaces.items())],
+            "tenants": [[t, iid] for t, iid in sorted((self.indexes or {}).items())],
         }
 
     @classmethod
     def from_json(cls, data: Any) -> _Revision:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in (FORMAT, _FORMAT2):
             raise ValueError("unknown manifest format")
         spaces = {(str(t), str(n)): (str(s), str(d)) for t, n, s, d in data["namespaces"]}
-        if not all(_SPACE_RE.match(s) for s, _ in spaces.values()):
-            raise ValueError("bad space id")
-        return cls(str(data["revision"]), spaces)
+        indexes = None
+        if data["format"] == FORMAT:
+            indexes = {str(t): str(iid) for t, iid in data["tenants"]}
+        ids = [*(s for s, _ in spaces.values()), *(indexes or {}).values()]
+        if not all(_ID_RE.match(i) for i in ids):
+            raise ValueError("bad space or index id")
+        return cls(str(data["revision"]), spaces, indexes)
+
+    def by_tenant(self) -> dict[str, dict[str, str]]:
+        """tenant -> namespace -> space id."""
+        tenants: dict[str, dict[str, str]] = {}
+        for (tenant, namespace), (sid, _) in self.spaces.items():
+            tenants.setdefault(tenant, {})[namespace] = sid
+        return tenants
 
 
-def _link_text(space: str) -> str:
-    """The symlink ``revisions/<dir>/<tenant>/<namespace>`` -> the tree of a space."""
-    return f"../../../spaces/{space}/tree"
+class _Refs(NamedTuple):
+    """Space and index ids (used by some revisions, or to collect)."""
+
+    spaces: set[str]
+    indexes: set[str]
+
+    def add(self, other: _Refs) -> None:
+        self.spaces.update(other.spaces)
+        self.indexes.update(other.indexes)
+
+
+def _index_digest(namespaces: Mapping[str, str]) -> str:
+    """The id of the index of these namespace -> space id links, before any ``.<n>``."""
+    h = hashlib.sha256(b"index 1\n")
+    for namespace, sid in sorted(namespaces.items()):
+        h.update(f"{namespace}\0{sid}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()[:32]
+
+
+def _linked_id(text: str, link: str) -> str | None:
+    """The id in the text of a symlink of the form ``link`` (one of the ``_*_LINK``)."""
+    head, _, tail = link.partition("{}")
+    if not (text.startswith(head) and text.endswith(tail)):
+        return None
+    found = text[len(head) : len(text) - len(tail)]
+    return found if _ID_RE.match(found) else None
+
+
+def _links_in(folder: str, link: str) -> set[str]:
+    """The ids in the symlinks of the form ``link`` in a folder."""
+    found: set[str] = set()
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                linked = _linked_id(os.readlink(entry.path), link)
+                if linked is not None:
+                    found.add(linked)
+    return found
+
+
+def _index_problem(folder: str, link: str, namespaces: Mapping[str, str]) -> str | None:
+    """The first name in a folder of namespace links that is not the ``link`` to the space
+    ``namespaces`` gives it (extra, missing or different); None when the folder is exact."""
+    seen: set[str] = set()
+    bad: list[str] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            seen.add(entry.name)
+            sid = namespaces.get(entry.name)
+            if sid is None or not entry.is_symlink() or os.readlink(entry.path) != link.format(sid):
+                bad.append(entry.name)
+    return min([*bad, *(namespaces.keys() - seen)], default=None)
 
 
 class LocalTarget:
@@ -171,6 +252,10 @@ class LocalTarget:
     @property
     def spaces_dir(self) -> Path:
         return self.root / "spaces"
+
+    @property
+    def indexes_dir(self) -> Path:
+        return self.root / "indexes"
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -297,7 +382,8 @@ class LocalTarget:
         changed: Collection[tuple[str, str]] = (),
     ) -> None:
         """Materialise and publish a revision of the namespaces ``wanted`` and, given
-        ``base``, of every namespace of ``base`` not ``changed``, with the space it has."""
+        ``base``, of every namespace of ``base`` not ``changed``, with the space it has (and
+        of every tenant of ``base`` with no namespace ``changed``, with the index it has)."""
         self._ensure_dirs()
         with self._exclusive(wait=self.lock_timeout) as locked:
             if not locked:
@@ -306,11 +392,11 @@ class LocalTarget:
                     hint="wait for the other apply to finish, then retry",
                 )
             try:
-                kept = {} if base is None else self._kept_spaces(base, changed)
+                kept, indexes = ({}, {}) if base is None else self._kept(base, changed)
                 spaces, builds, contents = self._plan(wanted, secrets, kept)
                 debris = self._remove_debris()
                 try:
-                    self._publish(self._materialise(revision, spaces, builds, contents))
+                    self._publish(self._materialise(revision, spaces, indexes, builds, contents))
                 except Exception:
                     self._undo()
                     raise
@@ -323,10 +409,11 @@ class LocalTarget:
                 self._verified.clear()
             self._prune(everything=debris)
 
-    def _kept_spaces(
+    def _kept(
         self, base: str, changed: Collection[tuple[str, str]]
-    ) -> dict[tuple[str, str], tuple[str, str]]:
-        """The spaces of the namespaces of ``base``, the current revision, not ``changed``."""
+    ) -> tuple[dict[tuple[str, str], tuple[str, str]], dict[str, str]]:
+        """The spaces of the namespaces of ``base``, the current revision, not ``changed``, and
+        the indexes of its tenants with no namespace ``changed`` (none for a format 2 base)."""
         d = self._current_dir()
         if d is None or self._revision_of(d) != base:
             raise BaseMoved(
@@ -334,12 +421,15 @@ class LocalTarget:
                 hint="apply the whole revision",
             )
         try:
-            recorded = self._revision(d).spaces
+            recorded = self._revision(d)
         except FileNotFoundError:
             raise BaseMoved(self._no_manifest(d).message, hint="apply the whole revision") from None
         except TargetError as e:
             raise BaseMoved(e.message, hint="apply the whole revision") from e
-        return {ns: space for ns, space in recorded.items() if ns not in changed}
+        touched = {tenant for tenant, _ in changed}
+        spaces = {ns: space for ns, space in recorded.spaces.items() if ns not in changed}
+        indexes = {t: iid for t, iid in (recorded.indexes or {}).items() if t not in touched}
+        return spaces, indexes
 
     def activate(self, revision: str) -> None:
         check_revision(revision)
@@ -396,11 +486,13 @@ class LocalTarget:
         self,
         revision: str,
         spaces: dict[tuple[str, str], tuple[str, str]],
+        indexes: dict[str, str],
         builds: list[Build],
         contents: dict[str, bytes],
     ) -> str:
-        """Write the spaces of ``builds``, then the revision folder of them and ``spaces``;
-        its name. A failure leaves debris and unused spaces: see ``_undo``."""
+        """Write the spaces of ``builds``, the indexes of the tenants not in ``indexes``, then
+        the revision folder of them all; its name. A failure leaves debris and unused spaces
+        and indexes: see ``_undo``."""
         work = self.revisions_dir / f".tmp-{revision}-{_random.token_hex(8)}"
         work.mkdir()  # first: a crash from here on leaves debris that triggers a collection
         stats, object_dirs = self._store_objects(contents, builds)
@@ -413,10 +505,53 @@ class LocalTarget:
         spaces = dict(spaces)
         for build, folder in written:
             w = build.wanted
-            sid = self._new_space_id(w.digest)
+            sid = self._free_id(self.spaces_dir, w.digest[:32])
             os.rename(folder, self.spaces_dir / sid)
             spaces[(w.tenant, w.namespace)] = (sid, w.digest)
-        return self._fill(work, revision, spaces, object_dirs)
+        indexes = self._write_indexes(spaces, indexes)
+        return self._fill(work, revision, spaces, indexes, object_dirs)
+
+    def _write_indexes(
+        self, spaces: dict[tuple[str, str], tuple[str, str]], kept: dict[str, str]
+    ) -> dict[str, str]:
+        """The index of every tenant of ``spaces``: as ``kept``, else an existing intact one,
+        else one written now (complete under a temporary name, then renamed into place)."""
+        tenants: dict[str, dict[str, str]] = {}
+        for (tenant, namespace), (sid, _) in spaces.items():
+            if tenant not in kept:
+                tenants.setdefault(tenant, {})[namespace] = sid
+        indexes = dict(kept)
+        fresh: list[tuple[str, str, Path]] = []
+        for tenant, namespaces in sorted(tenants.items()):
+            digest = _index_digest(namespaces)
+            shared = self._shareable_index(digest, namespaces)
+            if shared is not None:
+                indexes[tenant] = shared
+                continue
+            work = self.indexes_dir / f".tmp-{_random.token_hex(8)}"
+            work.mkdir()
+            for namespace, sid in namespaces.items():
+                os.symlink(_SPACE_LINK.format(sid), f"{work}/{namespace}")
+            fresh.append((tenant, digest, work))
+        self._sync([folder for _, _, folder in fresh])
+        for tenant, digest, work in fresh:
+            indexes[tenant] = self._free_id(self.indexes_dir, digest)
+            os.rename(work, self.indexes_dir / indexes[tenant])
+        return indexes
+
+    def _shareable_index(self, digest: str, namespaces: dict[str, str]) -> str | None:
+        """An existing index holding exactly these links and nothing else."""
+        for n in range(100):
+            iid = digest if n == 0 else f"{digest}.{n}"
+            folder = self.indexes_dir / iid
+            try:
+                if not stat.S_ISDIR(os.lstat(folder).st_mode):
+                    continue
+            except FileNotFoundError:
+                return None
+            if _index_problem(str(folder), _SPACE_LINK, namespaces) is None:
+                return iid
+        return None
 
     def _shareable_space(self, digest: str) -> str | None:
         """An existing space holding exactly these resources, untouched since it was written."""
@@ -438,13 +573,14 @@ class LocalTarget:
                 return sid
         return None
 
-    def _new_space_id(self, digest: str) -> str:
+    def _free_id(self, folder: Path, digest: str) -> str:
+        """The first name ``<digest>``, ``<digest>.1``, … not taken in ``folder``."""
         for n in range(1_000_000):
-            sid = digest[:32] if n == 0 else f"{digest[:32]}.{n}"
-            path = self.spaces_dir / sid
+            name = digest if n == 0 else f"{digest}.{n}"
+            path = folder / name
             if not path.exists() and not path.is_symlink():
-                return sid
-        raise TargetError(f"too many copies of space {digest[:32]} in {self.root}")
+                return name
+        raise TargetError(f"too many copies of {folder.name}/{digest} in {self.root}")
 
     def _store_objects(
         self, contents: dict[str, bytes], builds: list[Build]
@@ -525,15 +661,12 @@ class LocalTarget:
         work: Path,
         revision: str,
         spaces: dict[tuple[str, str], tuple[str, str]],
+        indexes: dict[str, str],
         object_dirs: set[Path],
     ) -> str:
-        tenants: set[str] = set()
-        base = str(work)
-        for (tenant, namespace), (sid, _) in spaces.items():
-            if tenant not in tenants:
-                os.mkdir(f"{base}/{tenant}")
-                tenants.add(tenant)
-            os.symlink(_link_text(sid), f"{base}/{tenant}/{namespace}")
+        for tenant, iid in indexes.items():
+            os.symlink(_INDEX_LINK.format(iid), f"{work}/{tenant}")
+        record = _Revision(revision, spaces, indexes)
         seq = max((s for s, _ in self._complete_dirs()), default=0) + 1
         meta = {
             "format": FORMAT,
@@ -541,12 +674,12 @@ class LocalTarget:
             "seq": seq,
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        for name, record in ((MANIFEST, _Revision(revision, spaces).to_json()), (REVISION_META, meta)):
-            text = json.dumps(record, separators=(",", ":"), sort_keys=True)
+        for name, data in ((MANIFEST, record.to_json()), (REVISION_META, meta)):
+            text = json.dumps(data, separators=(",", ":"), sort_keys=True)
             write_new(work / name, text.encode("utf-8"), 0o444, time.time_ns())
         self._sync([
-            work / MANIFEST, work / REVISION_META, *(work / t for t in sorted(tenants)), work,
-            *object_dirs, self.spaces_dir,
+            work / MANIFEST, work / REVISION_META, work, *object_dirs, self.spaces_dir,
+            self.indexes_dir,
         ])
 
         final = revision
@@ -557,7 +690,7 @@ class LocalTarget:
         os.rename(work, self.revisions_dir / final)
         self._sync([self.revisions_dir])
         st = os.stat(self.revisions_dir / final / MANIFEST)  # known: not parsed again when read
-        self._revision_cache[final] = ((st.st_ino, st.st_mtime_ns), _Revision(revision, spaces))
+        self._revision_cache[final] = ((st.st_ino, st.st_mtime_ns), record)
         return final
 
     def _object_path(self, digest: str) -> Path:
@@ -643,7 +776,7 @@ class LocalTarget:
     def _ensure_dirs(self) -> None:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            for folder in (self.revisions_dir, self.objects_dir, self.spaces_dir):
+            for folder in (self.revisions_dir, self.objects_dir, self.spaces_dir, self.indexes_dir):
                 folder.mkdir(exist_ok=True)
         except OSError as e:
             raise TargetError(
@@ -677,6 +810,7 @@ class LocalTarget:
             (self.root, ("current.tmp-", "previous.tmp-")),
             (self.revisions_dir, (".tmp-",)),
             (self.spaces_dir, (".tmp-",)),
+            (self.indexes_dir, (".tmp-",)),
             (self.objects_dir, (".tmp-",)),
         ]
         for folder, prefixes in places:
@@ -695,14 +829,16 @@ class LocalTarget:
         return removed
 
     def _undo(self) -> None:
-        """After a failed apply: remove its debris, and the spaces and objects it wrote."""
+        """After a failed apply: remove its debris, and the spaces, indexes and objects it
+        wrote."""
         with contextlib.suppress(OSError):
             self._remove_debris()
             self._collect_garbage(None)
 
     def _prune(self, *, everything: bool = False) -> None:
         """Remove old revisions beyond ``keep``, never the current or the previous one, then
-        the spaces only they used (or, with ``everything``, every space no revision uses).
+        the indexes and spaces only they used (or, with ``everything``, every index and space
+        no revision uses).
 
         The apply has already succeeded: a failure here is left for the next apply to retry.
         The pruned revisions stay (renamed away, as debris) until their spaces are collected,
@@ -712,10 +848,10 @@ class LocalTarget:
             dirs = [d for _, d in self._complete_dirs()]
             protected = {self._link_dir("current"), self._link_dir("previous")}
             doomed = [d for d in dirs[self.keep :] if d not in protected]
-            unused: set[str] = set()
+            unused = _Refs(set(), set())
             trash: list[Path] = []
             for d in doomed:
-                unused |= self._spaces_of(d)
+                unused.add(self._refs_of(d))
                 trash.append(self.revisions_dir / f".tmp-prune-{_random.token_hex(8)}")
                 os.rename(self.revisions_dir / d, trash[-1])
                 self._revision_cache.pop(d, None)
@@ -724,46 +860,64 @@ class LocalTarget:
             for folder in trash:
                 shutil.rmtree(folder)
 
-    def _spaces_of(self, dirname: str) -> set[str]:
-        """Space ids a revision folder uses: from its manifest, or, when that is unreadable,
-        from its links (so that a revision that lost its manifest keeps its spaces)."""
+    def _refs_of(self, dirname: str) -> _Refs:
+        """The spaces and indexes a revision folder uses: from its manifest, or, when that is
+        unreadable, from its links (so that a revision that lost its manifest keeps them)."""
         if _DIR_RE.match(dirname):
             with contextlib.suppress(FileNotFoundError, TargetError):
-                return {sid for sid, _ in self._revision(dirname).spaces.values()}
-        found: set[str] = set()
+                recorded = self._revision(dirname)
+                spaces = {sid for sid, _ in recorded.spaces.values()}
+                return _Refs(spaces, set((recorded.indexes or {}).values()))
+        found = _Refs(set(), set())
         for tenant in os.scandir(self.revisions_dir / dirname):
-            if not tenant.is_dir(follow_symlinks=False):
+            if tenant.name.startswith("."):
                 continue
-            for entry in os.scandir(tenant.path):
-                if entry.is_symlink():
-                    parts = os.readlink(entry.path).split("/")
-                    if len(parts) == 6 and parts[:3] == ["..", "..", ".."] and parts[3] == "spaces":
-                        found.add(parts[4])
+            if tenant.is_dir(follow_symlinks=False):
+                found.spaces.update(_links_in(tenant.path, _FORMAT2_SPACE_LINK))
+            elif tenant.is_symlink():
+                iid = _linked_id(os.readlink(tenant.path), _INDEX_LINK)
+                if iid is not None:
+                    found.indexes.add(iid)
+                    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                        found.spaces.update(_links_in(f"{self.indexes_dir}/{iid}", _SPACE_LINK))
         return found
 
-    def _referenced_spaces(self) -> set[str]:
-        """Space ids the revision folders use (``.tmp-`` ones are debris, or pruned)."""
-        found: set[str] = set()
+    def _referenced(self) -> _Refs:
+        """Spaces and indexes the revision folders use (``.tmp-`` ones are debris, or pruned)."""
+        found = _Refs(set(), set())
         with contextlib.suppress(FileNotFoundError):
             for rev in list(os.scandir(self.revisions_dir)):
                 if rev.is_dir(follow_symlinks=False) and not rev.name.startswith(".tmp-"):
-                    found |= self._spaces_of(rev.name)
+                    found.add(self._refs_of(rev.name))
         return found
 
-    def _collect_garbage(self, candidates: Iterable[str] | None) -> None:
-        """Delete the spaces among ``candidates`` (None: all) no revision uses, then the
-        objects only they linked to (None: every object nothing links to, link count 1).
+    def _collect_garbage(self, candidates: _Refs | None) -> None:
+        """Delete the indexes and spaces among ``candidates`` (None: all) no revision uses,
+        then the objects only those spaces linked to (None: every object nothing links to,
+        link count 1).
 
-        A deleted space stays, renamed away as debris, until its objects are collected, so
-        that a crash in between leads the next writer to a whole collection."""
-        referenced = self._referenced_spaces()
+        A deleted index or space is renamed away first, as debris; a space stays so until its
+        objects are collected, so that a crash in between leads the next writer to a whole
+        collection."""
+        referenced = self._referenced()
         objects: set[str] | None = None if candidates is None else set()
         if candidates is None:
-            with contextlib.suppress(FileNotFoundError):
-                candidates = [e.name for e in os.scandir(self.spaces_dir)]
+            candidates = _Refs(set(), set())
+            for ids, folder in zip(candidates, (self.spaces_dir, self.indexes_dir), strict=True):
+                with contextlib.suppress(FileNotFoundError):
+                    ids.update(e.name for e in os.scandir(folder))
+        for iid in sorted(candidates.indexes - referenced.indexes):
+            if not _ID_RE.match(iid):
+                continue  # debris (removed as such) or not made by Headwater
+            folder = self.indexes_dir / f".tmp-gc-{_random.token_hex(8)}"
+            try:
+                os.rename(self.indexes_dir / iid, folder)
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(folder)
         trash: list[Path] = []
-        for sid in sorted(set(candidates or ()) - referenced):
-            if not _SPACE_RE.match(sid):
+        for sid in sorted(candidates.spaces - referenced.spaces):
+            if not _ID_RE.match(sid):
                 continue  # debris (removed as such) or not made by Headwater
             folder = self.spaces_dir / f".tmp-gc-{_random.token_hex(8)}"
             try:
@@ -863,64 +1017,105 @@ class LocalTarget:
             self.spaces_dir / sid / SPACE_MANIFEST, self._space_cache, sid, SpaceManifest.from_json
         )
 
+    def _tenant_folder(
+        self, dirname: str, tenant: str, recorded: _Revision
+    ) -> tuple[str, str | None] | None:
+        """The folder of a tenant's namespaces in a revision (its index, if the revision's
+        link to it is intact) and the form of their links to spaces, None for a folder made
+        there by hand (whose links are not followed); None when there is no such folder."""
+        path = f"{self.revisions_dir}/{dirname}/{tenant}"
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISDIR(mode):
+                return path, (_FORMAT2_SPACE_LINK if recorded.indexes is None else None)
+            iid = (recorded.indexes or {}).get(tenant)
+            if iid is None or not stat.S_ISLNK(mode) or os.readlink(path) != _INDEX_LINK.format(iid):
+                return None  # a symlink put there by hand: not followed
+            index = f"{self.indexes_dir}/{iid}"
+            return (index, _SPACE_LINK) if stat.S_ISDIR(os.lstat(index).st_mode) else None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
     def _namespace_folder(self, dirname: str, tenant: str, namespace: str) -> str | None:
         """The real folder behind ``<revision>/<tenant>/<namespace>``: the tree of the space
-        the revision recorded, if its link is intact; a folder made there by hand; or None."""
-        link = self.revisions_dir / dirname / tenant / namespace
+        the revision recorded, if its links are intact; a folder made there by hand; or None."""
         try:
-            st = os.lstat(link)
+            recorded = self._revision(dirname)
+        except (FileNotFoundError, TargetError):
+            return None
+        where = self._tenant_folder(dirname, tenant, recorded)
+        if where is None:
+            return None
+        path = f"{where[0]}/{namespace}"
+        try:
+            st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         if stat.S_ISDIR(st.st_mode):
-            return str(link)
-        if not stat.S_ISLNK(st.st_mode):
+            return path
+        sid = recorded.spaces.get((tenant, namespace), ("", ""))[0]
+        if not sid or where[1] is None or not stat.S_ISLNK(st.st_mode):
             return None
-        try:
-            recorded = self._revision(dirname).spaces.get((tenant, namespace))
-        except (FileNotFoundError, TargetError):
-            return None
-        if recorded is None or os.readlink(link) != _link_text(recorded[0]):
+        if os.readlink(path) != where[1].format(sid):
             return None  # a symlink put there by hand: not followed
-        return str(self.spaces_dir / recorded[0] / "tree")
+        return f"{self.spaces_dir}/{sid}/tree"
 
     def _modified_namespace(self, dirname: str) -> str | None:
-        """A namespace of a revision that no longer holds what was materialised, if any."""
+        """A tenant or namespace of a revision that no longer holds what was materialised (or
+        holds more), if any."""
         try:
-            recorded = self._revision(dirname).spaces
+            recorded = self._revision(dirname)
+            folders = {e.name for e in os.scandir(self.revisions_dir / dirname)}
         except (OSError, TargetError):
             return MANIFEST
-        for (tenant, namespace), (sid, _) in sorted(recorded.items()):
-            where = f"{tenant}/{namespace}"
-            if self._namespace_folder(dirname, tenant, namespace) != str(self.spaces_dir / sid / "tree"):
-                return where
+        tenants = recorded.by_tenant()
+        extra = sorted(f for f in folders - tenants.keys() if not f.startswith("."))
+        if extra:
+            return extra[0]
+        for tenant, namespaces in sorted(tenants.items()):
+            where = self._tenant_folder(dirname, tenant, recorded)
+            if where is None or where[1] is None:
+                return tenant
             try:
-                if not is_clean(str(self.spaces_dir / sid / "tree"), self._space(sid)):
-                    return where
-            except (OSError, TargetError):
-                return where
+                problem = _index_problem(where[0], where[1], namespaces)
+            except OSError:
+                return tenant
+            if problem is not None:
+                return f"{tenant}/{problem}"
+            for namespace, sid in sorted(namespaces.items()):
+                try:
+                    if not is_clean(f"{self.spaces_dir}/{sid}/tree", self._space(sid)):
+                        return f"{tenant}/{namespace}"
+                except (OSError, TargetError):
+                    return f"{tenant}/{namespace}"
         return None
 
     # -- internals: reading back -----------------------------------------------------------
 
     def _inventory_of(self, dirname: str) -> State:
-        base = self.revisions_dir / dirname
-        recorded = self._revision(dirname).spaces
+        recorded = self._revision(dirname)
         state: State = {}
         now = time.monotonic()
-        for tenant in os.scandir(base):
-            if tenant.name.startswith(".") or not tenant.is_dir(follow_symlinks=False):
+        for tenant in os.scandir(self.revisions_dir / dirname):
+            if tenant.name.startswith("."):
                 continue
-            for entry in os.scandir(tenant.path):
+            where = self._tenant_folder(dirname, tenant.name, recorded)
+            if where is None:
+                continue  # gone, or a symlink we did not make: not followed
+            folder, link = where
+            for entry in os.scandir(folder):
                 ns = (tenant.name, entry.name)
                 if entry.is_dir(follow_symlinks=False):
                     state.update(read_unmanaged(entry.path, *ns))
                     continue
-                sid = recorded.get(ns, ("", ""))[0]
-                if not sid or not entry.is_symlink() or os.readlink(entry.path) != _link_text(sid):
-                    continue  # gone, or a symlink we did not make: not followed
+                sid = recorded.spaces.get(ns, ("", ""))[0]
+                if not sid or link is None or not entry.is_symlink():
+                    continue
+                if os.readlink(entry.path) != link.format(sid):
+                    continue  # a symlink we did not make: not followed
                 try:
                     space = self._space(sid)
-                    found, clean = read_back(str(self.spaces_dir / sid / "tree"), space, self._hash_key)
+                    found, clean = read_back(f"{self.spaces_dir}/{sid}/tree", space, self._hash_key)
                 except (FileNotFoundError, TargetError):
                     continue  # the space was removed or damaged by hand: its resources are missing
                 state.update(found)

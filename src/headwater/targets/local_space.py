@@ -5,8 +5,8 @@ A space is the folder of one namespace at one content: ``spaces/<id>/tree`` hold
 ``files/``, ``config.json``, ``kv.json`` and ``secrets.env``, and ``spaces/<id>/manifest.json``
 records every resource in it with its hash and the stat of every file as it was written. A
 space never changes after it is built; revisions whose namespace has the same resources share
-it (the revision folder of the namespace is a symlink to its tree), so an apply writes only
-the namespaces that changed.
+it (the namespace's entry in its tenant's index is a symlink to its tree), so an apply writes
+only the namespaces that changed.
 """
 
 from __future__ import annotations
