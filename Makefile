@@ -24,11 +24,12 @@ test: lint
 	$(BIN)/pytest -q
 
 comma := ,
-BENCH_REPO = benchmarks/.work/$(firstword $(subst $(comma), ,$(SIZE)))-seed42-v1/repo.git
+FIRST_SIZE = $(firstword $(subst $(comma), ,$(SIZE)))
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py --size $(SIZE)
-	$(BIN)/python benchmarks/daemon_latency.py $(BENCH_REPO) --samples 10 --poll-interval 2s --idle 60s
+	$(BIN)/python benchmarks/daemon_latency.py --size $(FIRST_SIZE) --samples 10 --poll-interval 2s --idle 60s \
+		--json benchmarks/.work/daemon-$(FIRST_SIZE).json
 
 clean:
 	rm -rf $(VENV) .headwater .demo

@@ -14,7 +14,10 @@ default) and the median is reported. Measured, in this order:
 4. no-op `headwater plan --detailed-exitcode` right after the apply;
 5. incremental floor: `git diff-tree` between two commits + reading the changed blobs, and
    `headwater apply` of a commit that edits one flow, from the applied previous commit;
-6. `headwater apply` of a commit that edits a root namespace.yaml (inherited below it).
+6. `headwater apply` of a commit that edits a root namespace.yaml (inherited below it);
+7. results with and without the result cache are identical (benchmarks/cache_identity.py:
+   diagnostics and desired state of every instance, no cache vs cold vs warm, at the
+   generated commit and at one that breaks things); ``--no-identity`` skips it.
 
 The table goes to stdout and, with machine details, into benchmarks/RESULTS.md, replacing
 the section of each size that was run.
@@ -38,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import generate  # noqa: E402
+from benchmarks import cache_identity, generate  # noqa: E402
 
 BENCH = ROOT / "benchmarks"
 WORK = BENCH / ".work"
@@ -159,7 +162,8 @@ def ensure_repo(size: str, seed: int) -> tuple[Path, generate.Manifest, float | 
 # -- the measurements ------------------------------------------------------------------------
 
 
-def bench_size(size: str, seed: int, repeats: int, timeout: float) -> tuple[list[Row], dict[str, object]]:
+def bench_size(size: str, seed: int, repeats: int, timeout: float,
+               identity: bool = True) -> tuple[list[Row], dict[str, object]]:
     repo, manifest, generated_in = ensure_repo(size, seed)
     scratch = WORK / f"{size}-runs"
     shutil.rmtree(scratch, ignore_errors=True)
@@ -244,12 +248,28 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float) -> tuple[list
         root.add(sample)
     root.note = _last_line(sample.stdout)
 
+    identical: str | None = None
+    identity_ok = True
+    if identity:
+        step("cache identity: no cache vs cold vs warm")
+        started = time.perf_counter()
+        try:
+            checks = cache_identity.check(repo, base, scratch / "identity")
+        except (RuntimeError, subprocess.SubprocessError) as exc:
+            identical, identity_ok = f"the check failed: {str(exc)[-500:]}", False
+        else:
+            identical = cache_identity.describe(checks)
+            print(identical, flush=True)
+            identical = identical.splitlines()[0] + f", in {time.perf_counter() - started:.0f} s"
+            identity_ok = all(c.identical for c in checks) and not any(c.problems for c in checks)
+
     shutil.rmtree(scratch, ignore_errors=True)
     facts: dict[str, object] = {
         "flows": manifest.flows, "namespaces": manifest.namespaces, "files": manifest.files,
         "tenants": len(manifest.tenants), "max_depth": manifest.max_depth,
         "bytes": manifest.bytes, "generated_in": generated_in, "repeats": repeats,
         "edit_flow": manifest.edit_flow, "root_config": manifest.root_config,
+        "identity": identical, "identity_ok": identity_ok,
     }
     rows = [cold_floor, validate, warm, plan, apply, both, noop, inc_floor, inc, root_floor, root]
     return rows, facts
@@ -355,8 +375,11 @@ def section(size: str, rows: list[Row], facts: dict[str, object], info: dict[str
         "All runs (seconds): "
         + "; ".join(f"{r.key} " + ", ".join(f"{s:.2f}" for s in r.samples) for r in rows)
         + ".",
-        f"<!-- /size:{size} -->",
     ]
+    if facts.get("identity"):
+        lines += ["", f"Results with and without the result cache (benchmarks/cache_identity.py): "
+                  f"{facts['identity']}."]
+    lines.append(f"<!-- /size:{size} -->")
     return "\n".join(lines)
 
 
@@ -397,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900.0, help="Per command, in seconds.")
     parser.add_argument("--no-results", action="store_true", help="Do not update benchmarks/RESULTS.md.")
+    parser.add_argument("--no-identity", action="store_true",
+                        help="Skip the check that results with and without the cache are identical.")
     args = parser.parse_args(argv)
     sizes = [s.strip().upper() for s in args.size.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in generate.SIZES]
@@ -411,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         info["load"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
         try:
-            rows, facts = bench_size(size, args.seed, args.repeats, args.timeout)
+            rows, facts = bench_size(size, args.seed, args.repeats, args.timeout,
+                                     identity=not args.no_identity)
         except BenchError as exc:
             print(f"[{size}] FAILED: {exc}", file=sys.stderr)
             status = 1
@@ -419,6 +445,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(f"{size}: {facts['flows']:,} flows, {facts['namespaces']:,} namespaces, {facts['files']:,} files")
         print(text_table(rows))
+        if facts.get("identity"):
+            print(f"results with and without the cache: {facts['identity']}")
+        if not facts.get("identity_ok", True):
+            print(f"[{size}] FAILED: results with and without the cache differ", file=sys.stderr)
+            status = 1
         print()
         sections[size] = section(size, rows, facts, info)
     if sections and not args.no_results:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -115,3 +116,60 @@ def test_results_sections_are_replaced(tmp_path: Path, monkeypatch: pytest.Monke
     assert text.startswith("# Benchmark results")
     assert "## M second" in text and "## M first" not in text
     assert text.index("## S first") < text.index("## M second")
+
+
+def test_results_section_reports_the_cache_identity() -> None:
+    row = run.Row("floor", "cold floor", samples=[1.0])
+    facts: dict[str, object] = {"flows": 1, "namespaces": 1, "files": 1, "tenants": 1, "max_depth": 1,
+                                "bytes": 1, "generated_in": None, "repeats": 1,
+                                "identity": "identical: yes (3 diagnostics and 9 resources compared)"}
+    info = dict.fromkeys(("date", "cpu", "cores", "ram", "os", "python", "git", "headwater", "load"), "?")
+    text = run.section("S", [row], facts, info)
+    assert "benchmarks/cache_identity.py): identical: yes (3 diagnostics" in text
+    assert text.endswith("<!-- /size:S -->")
+
+
+def test_daemon_log_tail_reads_whole_json_lines(tmp_path: Path) -> None:
+    from benchmarks import daemon_latency
+
+    log = tmp_path / "daemon.log"
+    log.write_bytes(b'{"event": "daemon.start", "port": 1}\nnot json\n{"event": "sy')
+    tail = daemon_latency.LogTail(log)
+    assert [e["event"] for e in tail.poll()] == ["daemon.start"]
+    with log.open("ab") as f:
+        f.write(b'nc", "revision": "abc", "result": "applied", "duration": 0.5}\n')
+    assert tail.poll() == [{"event": "sync", "revision": "abc", "result": "applied", "duration": 0.5}]
+    assert tail.poll() == []
+    assert tail.find(lambda e: e.get("event") == "sync") is not None
+    assert tail.last().startswith("sync")
+
+
+def test_daemon_process_tree_and_table() -> None:
+    from benchmarks import daemon_latency
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in daemon_latency.descendants(os.getpid())
+        assert (daemon_latency.proc_status_kb(child.pid, "VmHWM") or 0) > 0
+    finally:
+        child.kill()
+        child.wait()
+    s = daemon_latency.summary([0.2, 0.1, 0.3])
+    results = {
+        "cold_start_seconds": 3.5,
+        "cold_sync": {"result": "applied", "duration": 2.5, "create": 10, "update": 0, "delete": 0},
+        "webhook": s, "webhook_sync": s, "webhook_floor": daemon_latency.summary([0.01]),
+        "webhook_floor_process": daemon_latency.summary([0.05]),
+        "restart": {"listening_seconds": 0.4, "ready_seconds": 1.3, "first_sync_seconds": 0.7,
+                    "first_sync_began_seconds": 0.5,
+                    "first_sync": "dev: applied", "next_webhook_seconds": 0.2,
+                    "next_webhook_sync_seconds": 0.15},
+        "memory_webhook": {"daemon_peak_mb": 120, "daemon_rss_mb": 110, "tree_peak_mb": 125,
+                           "helper_peak_mb": 7, "helper_peak_process": "git",
+                           "peak_was_reset_after_cold_start": True},
+    }
+    text = daemon_latency.table(results)
+    assert "webhook: push → applied (floor in-process)     0.200" in text
+    assert "20.0×" in text and "4.0×" in text  # 0.2 s over floors of 10 ms and 50 ms
+    assert "restart: process start → ready" in text
+    assert "webhook phase: daemon peak 120 MB" in text
