@@ -235,7 +235,10 @@ class Daemon:
         delay = poll_delay(self.conf.poll.interval, self.conf.poll.jitter)
         next_poll = math.inf if delay is None else now + delay
         drift_every = self.conf.drift_interval if self.conf.drift_interval > 0 else math.inf
-        next_drift = now
+        # The first drift check runs at start (drift may have happened while the daemon was
+        # down), but after the first syncs: it reads the whole target back and must not delay
+        # readiness. Disabled (``drift_interval: 0``) means never.
+        next_drift = now if drift_every < math.inf else math.inf
         while self._stop is None:
             now = time.monotonic()
             if self._hup:
@@ -246,13 +249,13 @@ class Daemon:
                 self.trigger(None, "poll")
                 delay = poll_delay(self.conf.poll.interval, self.conf.poll.jitter)
                 next_poll = math.inf if delay is None else now + delay
-            if now >= next_drift:
-                syncing.check_drift(self)
-                next_drift = time.monotonic() + drift_every
             retries = self._due_retries(now)
             if self.board and now >= self._next_cycle:
                 self._cycle(self.board.take())
                 continue
+            if now >= next_drift:
+                syncing.check_drift(self)
+                next_drift = time.monotonic() + drift_every
             deadlines = [next_poll, next_drift, *retries]
             if self.board:
                 deadlines.append(self._next_cycle)
