@@ -362,6 +362,7 @@ def test_a_restarted_engine_primed_from_the_store_applies_incrementally(
     with open_engine(repo_dir, state) as restarted:
         assert not restarted.primed("dev")
         assert restarted.prime("dev") and restarted.primed("dev")
+        assert restarted._resident["dev"].inventory == restarted.store.inventory("dev")
         calls.take()
         head = commit(repo_dir, "flow", EDITS["flow"])
         restarted.apply("dev", head, trigger="test")
@@ -381,3 +382,51 @@ def test_priming_refuses_an_instance_the_store_and_target_disagree_on(repo_dir: 
         engine.store.begin_apply("dev", first, trigger="test")  # an apply that did not finish
         engine.target("dev").activate(engine.store.get("dev").applied_revision or "")
         assert not engine.prime("dev")
+
+
+def test_each_namespace_sees_the_files_of_inherit_effective_files(repo_dir: Path) -> None:
+    """Views build each file set on the parent's; it must equal the rule stated by
+    ``inherit.effective_files`` over the whole ancestry, ``files.inherit: false`` included."""
+    commit(repo_dir, "cut", {
+        f"{COMPANY}/team/namespace.yaml": (SAMPLE / "tenants/acme/company/team/namespace.yaml").read_text()
+        + "files:\n  inherit: false\n",
+    })
+    snap = loaded(GitRepo(repo_dir), "HEAD")
+    cut = 0
+    for name in INSTANCES:
+        view = snap.view(name)
+        for (tenant, ns), ns_view in view.namespaces.items():
+            node = snap.layout.tenants[tenant]
+            chain = [
+                (a, node.namespaces[a].files, view.files_inherit[(tenant, a)])
+                for a in node.namespaces[ns].ancestry()
+            ]
+            assert ns_view.files == inherit.effective_files(chain), (name, ns)
+            cut += not view.files_inherit[(tenant, ns)]
+    assert cut == len(INSTANCES)
+
+
+class StillStale(AssertionError):
+    """The update kept a check result a full load does not give (the known gap below)."""
+
+
+@pytest.mark.xfail(strict=True, raises=StillStale, reason="update() checks again only the namespaces "
+                   "a change reaches; a flow elsewhere that read()s a file of one whose visible files "
+                   "change (files.inherit) keeps its old result")
+def test_a_flow_reading_another_namespaces_file_is_checked_again(repo_dir: Path) -> None:
+    repo = GitRepo(repo_dir)
+    campaign = "tenants/acme/marketing.emea/flows/campaign.yaml"
+    reads = (repo_dir / campaign).read_text().replace(
+        "tasks:\n", "tasks:\n  - id: cross_read\n    type: io.kestra.plugin.core.log.Log\n"
+        "    message: \"{{ read('sql/schema.sql', 'company.team') }}\"\n", 1)
+    old = loaded(repo, commit(repo_dir, "cross read", {campaign: reads}))
+    assert not [d for d in old.report(INSTANCES) if d.path == campaign]  # company.team sees it
+    team = f"{COMPANY}/team/namespace.yaml"
+    head = commit(repo_dir, "no inherit", {team: (repo_dir / team).read_text() + "files:\n  inherit: false\n"})
+    want = loaded(repo, head)
+    assert [d.code for d in want.report(INSTANCES) if d.path == campaign] == ["ref.read-missing"]
+    update = snapshot.update(old, repo, head)
+    assert update is not None
+    if update.snapshot.report(INSTANCES) != want.report(INSTANCES):
+        raise StillStale([d.path for d in want.report(INSTANCES) if d not in update.snapshot.report(INSTANCES)])
+    assert_same(update.snapshot, want)

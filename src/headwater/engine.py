@@ -498,7 +498,13 @@ class Engine:
         if instance not in snap.instances or any(d.severity == "error" for d in self.check(snap, instance)):
             return False  # e.g. rules that changed since it was applied: the full path decides
         desired = self.desired(snap, instance, content=False)
-        self._resident[instance] = _Resident(snap, desired, self.store.inventory(instance))
+        recorded = self.store.inventory(instance)
+        # The same keys and hashes as the desired state's objects where they agree: a large
+        # instance's inventory then costs a dict, not another half a million keys and strings.
+        inventory = {k: res.hash for k, res in desired.state.items() if recorded.get(k) == res.hash}
+        if len(inventory) != len(recorded):
+            inventory.update((k, h) for k, h in recorded.items() if k not in inventory)
+        self._resident[instance] = _Resident(snap, desired, inventory)
         return True
 
     def primed(self, instance: str) -> bool:

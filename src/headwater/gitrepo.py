@@ -21,7 +21,7 @@ MODE_SYMLINK = "120000"
 MODE_SUBMODULE = "160000"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TreeEntry:
     """One entry of a recursive tree listing."""
 

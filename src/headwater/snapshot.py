@@ -63,7 +63,7 @@ class InstanceSpec:
         return any(fnmatch.fnmatchcase(tenant, pattern) for pattern in self.tenants)
 
 
-@dataclass
+@dataclass(slots=True)
 class FlowInfo:
     tenant: str
     namespace: str
@@ -402,13 +402,11 @@ def _namespace_view(
         view.parts[("merge", *key)] = found
     else:
         effective = old.effective
-    view.files_inherit[key] = _files_inherit(doc, view.spec.name)
-    chain = []
-    for ancestor in ns.ancestry():
-        node = tenant.namespaces.get(ancestor)
-        inherits = view.files_inherit.get((tenant.name, ancestor), True)
-        chain.append((ancestor, node.files if node is not None else {}, inherits))
-    files = inherit.effective_files(chain)
+    inherits = view.files_inherit[key] = _files_inherit(doc, view.spec.name)
+    # ``inherit.effective_files`` of the ancestry, built on the parent's result: its entries
+    # (a large instance has hundreds of thousands of inherited ones) are shared, not copied.
+    parent = view.namespaces[(tenant.name, ns.parent)].files if ns.parent and inherits else {}
+    files = {**parent, **{path: (name, entry) for path, entry in ns.files.items()}}
     flows = {fid: snap.flows[(tenant.name, name, fid)] for fid in ns.flows if (tenant.name, name, fid) in snap.flows}
     view.namespaces[key] = NamespaceView(tenant.name, name, effective, files, flows)
 
