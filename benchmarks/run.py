@@ -17,7 +17,8 @@ default) and the median is reported. Measured, in this order:
 6. `headwater apply` of a commit that edits a root namespace.yaml (inherited below it);
 7. results with and without the result cache are identical (benchmarks/cache_identity.py:
    diagnostics and desired state of every instance, no cache vs cold vs warm, at the
-   generated commit and at one that breaks things); ``--no-identity`` skips it.
+   generated commit and at one that breaks things), and the incremental path (what the daemon
+   does between commits) against full loads over in-place commits; ``--no-identity`` skips both.
 
 The table goes to stdout and, with machine details, into benchmarks/RESULTS.md, replacing
 the section of each size that was run.
@@ -227,7 +228,7 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
     inc_floor = Row("incremental-floor", "incremental floor: diff-tree + changed blobs (one flow)")
     for _ in range(repeats):
         inc_floor.add(run.floor("incremental", str(repo), base, edited))
-    inc = Row("incremental-apply", "incremental `apply`, one flow edited", floor=inc_floor)
+    inc = Row("incremental-apply", "CLI `apply`, one flow edited (a full sync: reads the instance back)", floor=inc_floor)
     for i in range(repeats):
         if i:
             run.headwater("apply", *repo_arg, "--instance", "dev", "--rev", base, "--yes", state=state)
@@ -239,7 +240,7 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
     root_floor = Row("root-floor", "incremental floor: diff-tree + changed blobs (root namespace.yaml)")
     for _ in range(repeats):
         root_floor.add(run.floor("incremental", str(repo), edited, rooted))
-    root = Row("root-apply", f"`apply`, root namespace.yaml edited ({manifest.below_root} namespaces below)",
+    root = Row("root-apply", f"CLI `apply`, root namespace.yaml edited ({manifest.below_root} namespaces below)",
                floor=root_floor)
     for i in range(repeats):
         if i:
@@ -249,6 +250,7 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
     root.note = _last_line(sample.stdout)
 
     identical: str | None = None
+    incremental: str | None = None
     identity_ok = True
     if identity:
         step("cache identity: no cache vs cold vs warm")
@@ -262,6 +264,17 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
             print(identical, flush=True)
             identical = identical.splitlines()[0] + f", in {time.perf_counter() - started:.0f} s"
             identity_ok = all(c.identical for c in checks) and not any(c.problems for c in checks)
+        step("incremental path vs full loads")
+        started = time.perf_counter()
+        try:
+            inc = cache_identity.check_incremental(repo, base, scratch / "incremental")
+        except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+            incremental, identity_ok = f"the check failed: {str(exc)[-500:]}", False
+        else:
+            incremental = cache_identity.describe_incremental(inc)
+            print(incremental, flush=True)
+            incremental = incremental.splitlines()[0] + f", in {time.perf_counter() - started:.0f} s"
+            identity_ok = identity_ok and inc.ok
 
     shutil.rmtree(scratch, ignore_errors=True)
     facts: dict[str, object] = {
@@ -269,7 +282,7 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
         "tenants": len(manifest.tenants), "max_depth": manifest.max_depth,
         "bytes": manifest.bytes, "generated_in": generated_in, "repeats": repeats,
         "edit_flow": manifest.edit_flow, "root_config": manifest.root_config,
-        "identity": identical, "identity_ok": identity_ok,
+        "identity": identical, "incremental": incremental, "identity_ok": identity_ok,
     }
     rows = [cold_floor, validate, warm, plan, apply, both, noop, inc_floor, inc, root_floor, root]
     return rows, facts
@@ -379,6 +392,9 @@ def section(size: str, rows: list[Row], facts: dict[str, object], info: dict[str
     if facts.get("identity"):
         lines += ["", f"Results with and without the result cache (benchmarks/cache_identity.py): "
                   f"{facts['identity']}."]
+    if facts.get("incremental"):
+        lines += ["", f"The incremental path against full loads (benchmarks/cache_identity.py): "
+                  f"{facts['incremental']}."]
     lines.append(f"<!-- /size:{size} -->")
     return "\n".join(lines)
 
@@ -398,19 +414,21 @@ The ratio is the median time over the floor's median time.
 
 
 def write_results(sections: dict[str, str]) -> None:
+    """Replace (or add) each size's section, sizes in order; text outside them is kept."""
     text = RESULTS.read_text("utf-8") if RESULTS.exists() else INTRO
-    for size, body in sections.items():
+    slot = "\0size-sections\0"
+    bodies: dict[str, str] = {}
+    for size in generate.SIZES:
         start, end = f"<!-- size:{size} -->", f"<!-- /size:{size} -->"
         if start in text and end in text:
-            before, rest = text.split(start, 1)
-            text = before + body + rest.split(end, 1)[1]
-        else:
-            text = text.rstrip("\n") + "\n\n" + body + "\n"
-    order = [s for s in generate.SIZES if f"<!-- size:{s} -->" in text]
-    head = text.split("<!-- size:", 1)[0]
-    bodies = {s: text[text.index(f"<!-- size:{s} -->"): text.index(f"<!-- /size:{s} -->") + len(f"<!-- /size:{s} -->")]
-              for s in order}
-    RESULTS.write_text(head.rstrip("\n") + "\n\n" + "\n\n".join(bodies[s] for s in order) + "\n", "utf-8")
+            i, j = text.index(start), text.index(end) + len(end)
+            bodies[size] = text[i:j]
+            text = text[:i] + slot + text[j:]
+    bodies.update(sections)
+    head, _, rest = text.partition(slot)
+    rest = rest.replace(slot, "").strip("\n")
+    joined = "\n\n".join(bodies[s] for s in generate.SIZES if s in bodies)
+    RESULTS.write_text(head.rstrip("\n") + "\n\n" + joined + "\n" + (f"\n{rest}\n" if rest else ""), "utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="Per command, in seconds.")
     parser.add_argument("--no-results", action="store_true", help="Do not update benchmarks/RESULTS.md.")
     parser.add_argument("--no-identity", action="store_true",
-                        help="Skip the check that results with and without the cache are identical.")
+                        help="Skip the checks that results with and without the cache, and of the "
+                        "incremental path and of full loads, are identical.")
     args = parser.parse_args(argv)
     sizes = [s.strip().upper() for s in args.size.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in generate.SIZES]
@@ -447,8 +466,11 @@ def main(argv: list[str] | None = None) -> int:
         print(text_table(rows))
         if facts.get("identity"):
             print(f"results with and without the cache: {facts['identity']}")
+        if facts.get("incremental"):
+            print(f"results of the incremental path and of full loads: {facts['incremental']}")
         if not facts.get("identity_ok", True):
-            print(f"[{size}] FAILED: results with and without the cache differ", file=sys.stderr)
+            print(f"[{size}] FAILED: results with and without the cache, or of the incremental path "
+                  "and of full loads, differ", file=sys.stderr)
             status = 1
         print()
         sections[size] = section(size, rows, facts, info)

@@ -110,12 +110,15 @@ def test_results_sections_are_replaced(tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(run, "RESULTS", tmp_path / "RESULTS.md")
     body = "<!-- size:{0} -->\n## {0} {1}\n<!-- /size:{0} -->"
     run.write_results({"M": body.format("M", "first")})
+    with (tmp_path / "RESULTS.md").open("a") as f:
+        f.write("\n## Written by hand\n\nkept\n")
     run.write_results({"S": body.format("S", "first")})
     run.write_results({"M": body.format("M", "second")})
     text = (tmp_path / "RESULTS.md").read_text()
     assert text.startswith("# Benchmark results")
     assert "## M second" in text and "## M first" not in text
-    assert text.index("## S first") < text.index("## M second")
+    assert text.index("## S first") < text.index("## M second") < text.index("## Written by hand")
+    assert text.endswith("## Written by hand\n\nkept\n")
 
 
 def test_results_section_reports_the_cache_identity() -> None:
