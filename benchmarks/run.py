@@ -267,14 +267,14 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
         step("incremental path vs full loads")
         started = time.perf_counter()
         try:
-            inc = cache_identity.check_incremental(repo, base, scratch / "incremental")
+            paths = cache_identity.check_incremental(repo, base, scratch / "incremental")
         except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:
             incremental, identity_ok = f"the check failed: {str(exc)[-500:]}", False
         else:
-            incremental = cache_identity.describe_incremental(inc)
+            incremental = cache_identity.describe_incremental(paths)
             print(incremental, flush=True)
             incremental = incremental.splitlines()[0] + f", in {time.perf_counter() - started:.0f} s"
-            identity_ok = identity_ok and inc.ok
+            identity_ok = identity_ok and paths.ok
 
     shutil.rmtree(scratch, ignore_errors=True)
     facts: dict[str, object] = {

@@ -482,9 +482,16 @@ def update(
                 configs[path] = doc
         elif role == "flow":
             todo.append((oid, path, name, ns))
-    validated = validate_many(repo, todo, old.registry, list(old.extra_types))
-    for oid, path, fid, ns in todo:
-        found, refs = fresh[cache_key("flow", oid, path, old.registry.fingerprint, fid, ns)] = validated[path]
+    flow_keys = {path: cache_key("flow", oid, path, old.registry.fingerprint, fid, ns) for oid, path, fid, ns in todo}
+    known = store.get_many(flow_keys.values())
+    validated = validate_many(repo, [t for t in todo if flow_keys[t[1]] not in known], old.registry,
+                              list(old.extra_types))
+    for _oid, path, fid, ns in todo:
+        fkey = flow_keys[path]
+        if fkey in known:
+            found, refs = known[fkey]
+        else:
+            found, refs = fresh[fkey] = validated[path]
         parsed[path] = found
         tenant = changed[path][1]
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, tree.tenants[tenant].namespaces[ns].flows[fid], refs)
@@ -543,8 +550,8 @@ def _update_view(
     snap: Snapshot, spec: InstanceSpec, old: InstanceView, changed: Mapping[str, tuple[str, str, str, str]]
 ) -> tuple[InstanceView, set[NsKey], set[NsKey]]:
     """``old`` brought to ``snap``: effective configs are merged again only below a changed
-    config, file sets rebuilt only below a changed file, checks rerun only where a flow or
-    what it is checked against changed."""
+    config, file sets rebuilt only below a changed file or config, checks rerun only where a
+    flow or what it is checked against changed."""
     view = InstanceView(
         spec, dict(old.namespaces), dict(old.parts), old.root, dict(old.bases), dict(old.files_inherit)
     )
@@ -565,7 +572,14 @@ def _update_view(
     touched = remerge | rebuild
     for t, name in sorted(touched, key=lambda k: (k[0], *_depth_order(k[1]))):
         _namespace_view(snap, view, snap.layout.tenants[t], name, merge=(t, name) in remerge)
+    # A flow's checks read its own namespace's view and the names of the files and flows of
+    # others (``read()``, subflows). In-place edits keep flow names, but ``files.inherit``
+    # may change which files a namespace sees: then every flow of that tenant is checked again.
+    recheck = set(touched)
     for key in touched:
+        if view.namespaces[key].files.keys() != old.namespaces[key].files.keys():
+            recheck |= {(key[0], n) for n in snap.layout.tenants[key[0]].namespaces}
+    for key in recheck:
         _check(snap, view, key)
     return view, remerge, touched
 
