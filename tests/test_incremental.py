@@ -13,7 +13,7 @@ import pytest
 
 from headwater import inherit, snapshot
 from headwater.cache import ResultCache
-from headwater.engine import Engine
+from headwater.engine import Engine, PlanResult
 from headwater.errors import ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.resources import ResourceKey
@@ -271,6 +271,19 @@ def assert_as_a_full_apply_leaves_it(repo_dir: Path, state: Path, rev: str, call
         assert fresh.target("dev").current_revision() == fresh.repo.resolve(rev)
 
 
+def apply_by(path: str, engine: Engine, repo_dir: Path, rev: str, calls: Calls) -> PlanResult:
+    """Apply ``rev`` to dev, check which ``path`` the engine took (``incremental`` or ``full``)
+    and that the instance ends as a full apply leaves it."""
+    result = engine.apply("dev", rev, trigger="test")
+    used = calls.take()
+    if path == "incremental":
+        assert used == ["apply_namespaces"], used
+    else:
+        assert "apply" in used and "apply_namespaces" not in used, used
+    assert_as_a_full_apply_leaves_it(repo_dir, engine.settings.state_path, rev, calls)
+    return result
+
+
 SEQUENCE = ["flow", "namespace file", "root namespace.yaml", "tenant.yaml", "outside the model"]
 
 
@@ -284,10 +297,8 @@ def test_an_engine_applies_in_place_edits_incrementally(
         assert calls.take()[-1] == "apply"
         for edit in SEQUENCE:
             head = commit(repo_dir, edit, EDITS[edit])
-            result = engine.apply("dev", head, trigger="test")
-            assert calls.take() == ["apply_namespaces"], edit
-            assert result.plan.revision == head
-            assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+            result = apply_by("incremental", engine, repo_dir, head, calls)
+            assert result.plan.revision == head and result.incremental
         summaries = [h.summary for h in engine.store.history("dev", 10)]
         assert summaries[len(SEQUENCE) - 1]["update"] == 1  # the flow edit: one flow updated
         assert summaries[0]["update"] == 0  # README only: a new revision, nothing changed
@@ -303,20 +314,12 @@ def test_structural_changes_and_other_writers_fall_back_to_a_full_apply(
         head = commit(repo_dir, "add", {f"{COMPANY}/flows/extra.yaml": "id: extra\nnamespace: company\n"
                                         "tasks:\n  - id: a\n    type: io.kestra.plugin.core.log.Log\n"
                                         "    message: x\n"})
-        engine.apply("dev", head, trigger="test")
-        assert "apply" in calls.take()
-        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+        apply_by("full", engine, repo_dir, head, calls)
         # another process moves the instance: the engine's memory of it is stale
         with open_engine(repo_dir, state) as other:
             other.apply("dev", first, trigger="other")
-        head = commit(repo_dir, "flow", EDITS["flow"])
-        engine.apply("dev", head, trigger="test")
-        assert "apply" in calls.take()
-        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
-        head = commit(repo_dir, "file", EDITS["namespace file"])
-        engine.apply("dev", head, trigger="test")
-        assert calls.take() == ["apply_namespaces"]
-        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+        apply_by("full", engine, repo_dir, commit(repo_dir, "flow", EDITS["flow"]), calls)
+        apply_by("incremental", engine, repo_dir, commit(repo_dir, "file", EDITS["namespace file"]), calls)
 
 
 def test_an_invalid_commit_is_refused_and_the_next_one_applies_from_the_last_good(
@@ -333,10 +336,7 @@ def test_an_invalid_commit_is_refused_and_the_next_one_applies_from_the_last_goo
         assert (status.applied_revision, status.attempted_revision) == (good, bad)
         assert engine.target("dev").current_revision() == good
         calls.take()
-        head = commit(repo_dir, "fixed", EDITS["flow"])
-        engine.apply("dev", head, trigger="test")
-        assert calls.take() == ["apply_namespaces"]
-        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+        apply_by("incremental", engine, repo_dir, commit(repo_dir, "fixed", EDITS["flow"]), calls)
 
 
 def test_drift_outside_the_change_is_left_to_the_drift_check_then_restored(
@@ -375,10 +375,7 @@ def test_a_restarted_engine_primed_from_the_store_applies_incrementally(
         assert restarted.prime("dev") and restarted.primed("dev")
         assert restarted._resident["dev"].inventory == restarted.store.inventory("dev")
         calls.take()
-        head = commit(repo_dir, "flow", EDITS["flow"])
-        restarted.apply("dev", head, trigger="test")
-        assert calls.take() == ["apply_namespaces"]
-        assert_as_a_full_apply_leaves_it(repo_dir, state, head, calls)
+        apply_by("incremental", restarted, repo_dir, commit(repo_dir, "flow", EDITS["flow"]), calls)
 
 
 def test_priming_refuses_an_instance_the_store_and_target_disagree_on(repo_dir: Path, tmp_path: Path) -> None:

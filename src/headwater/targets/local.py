@@ -907,35 +907,26 @@ class LocalTarget:
                 with contextlib.suppress(FileNotFoundError):
                     ids.update(e.name for e in os.scandir(folder))
         for iid in sorted(candidates.indexes - referenced.indexes):
-            if not _ID_RE.match(iid):
-                continue  # debris (removed as such) or not made by Headwater
-            folder = self.indexes_dir / f".tmp-gc-{_random.token_hex(8)}"
-            try:
-                os.rename(self.indexes_dir / iid, folder)
-            except FileNotFoundError:
-                continue
-            shutil.rmtree(folder)
+            gone = _rename_away(self.indexes_dir, iid)
+            if gone is not None:
+                shutil.rmtree(gone)
         trash: list[Path] = []
         for sid in sorted(candidates.spaces - referenced.spaces):
-            if not _ID_RE.match(sid):
-                continue  # debris (removed as such) or not made by Headwater
-            folder = self.spaces_dir / f".tmp-gc-{_random.token_hex(8)}"
-            try:
-                os.rename(self.spaces_dir / sid, folder)
-            except FileNotFoundError:
+            moved = _rename_away(self.spaces_dir, sid)
+            if moved is None:
                 continue
-            trash.append(folder)
+            trash.append(moved)
             if objects is not None:
                 try:
                     space = _read_manifest(
-                        folder / SPACE_MANIFEST, self._space_cache, sid, SpaceManifest.from_json
+                        moved / SPACE_MANIFEST, self._space_cache, sid, SpaceManifest.from_json
                     )
                     objects.update(rec.hash for rec in space.files.values() if rec.hash is not None)
                 except (OSError, TargetError):
                     objects = None  # which objects it linked to is unknown: look at them all
             self._space_cache.pop(sid, None)
             with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(folder / "tree")
+                shutil.rmtree(moved / "tree")
         if objects is None:
             self._collect_all_objects()
         else:
@@ -1125,6 +1116,19 @@ class LocalTarget:
 
 
 _M = TypeVar("_M")
+
+
+def _rename_away(parent: Path, name: str) -> Path | None:
+    """Rename a space or index to remove to a temporary name (debris if a crash follows);
+    None if it is not one Headwater made (debris, or not ours) or is already gone."""
+    if not _ID_RE.match(name):
+        return None
+    folder = parent / f".tmp-gc-{_random.token_hex(8)}"
+    try:
+        os.rename(parent / name, folder)
+    except FileNotFoundError:
+        return None
+    return folder
 
 
 def _read_manifest(
