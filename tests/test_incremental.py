@@ -14,7 +14,7 @@ import pytest
 from headwater import inherit, snapshot
 from headwater.cache import ResultCache
 from headwater.engine import Engine, PlanResult
-from headwater.errors import ValidationFailed
+from headwater.errors import Diagnostic, ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.resources import ResourceKey
 from headwater.settings import Settings
@@ -430,3 +430,28 @@ def test_a_flow_reading_another_namespaces_file_is_checked_again(repo_dir: Path)
     update = snapshot.update(old, repo, head)
     assert update is not None
     assert_same(update.snapshot, want)
+
+
+def test_an_applied_commit_the_rules_now_refuse_is_not_primed_twice(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rules that changed since a commit was applied (simulated: the real check plus one error)
+    leave priming to the full path, and the daemon's poll does not load that commit again."""
+    state = tmp_path / "state"
+    with open_engine(repo_dir, state) as engine:
+        engine.apply("dev", "HEAD", trigger="test")
+    real_check, real_load = Engine.check, Engine.load
+    loads: list[str] = []
+
+    def stricter(self: Engine, snap: snapshot.Snapshot, instance: str) -> list[Diagnostic]:
+        return [*real_check(self, snap, instance), Diagnostic("headwater.yaml", 1, 1, "rule.new", "refused now")]
+
+    def counted(self: Engine, rev: str) -> snapshot.Snapshot:
+        loads.append(rev)
+        return real_load(self, rev)
+
+    monkeypatch.setattr(Engine, "check", stricter)
+    monkeypatch.setattr(Engine, "load", counted)
+    with open_engine(repo_dir, state) as restarted:
+        assert not restarted.prime("dev") and not restarted.prime("dev")
+        assert len(loads) == 1

@@ -109,6 +109,7 @@ class Engine:
         self.provider = self._provider()
         self._targets: dict[str, LocalTarget] = {}
         self._resident: dict[str, _Resident] = {}
+        self._unprimable: dict[str, str] = {}  # instance -> applied revision prime() refused
 
     def close(self) -> None:
         self.cache.close()
@@ -492,11 +493,14 @@ class Engine:
         revision = state.applied_revision
         if revision is None or state.pending_revision is not None:
             return False
-        if self.target(instance).current_revision() != revision:
+        if self.target(instance).current_revision() != revision or self._unprimable.get(instance) == revision:
             return False
         snap = self.load(revision)
         if instance not in snap.instances or any(d.severity == "error" for d in self.check(snap, instance)):
-            return False  # e.g. rules that changed since it was applied: the full path decides
+            # e.g. rules that changed since it was applied: the full path decides; not loaded
+            # again for this revision (the daemon asks at every poll)
+            self._unprimable[instance] = revision
+            return False
         desired = self.desired(snap, instance, content=False)
         recorded = self.store.inventory(instance)
         # The same keys and hashes as the desired state's objects where they agree: a large
