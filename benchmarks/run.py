@@ -225,29 +225,15 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
     noop.note = _last_line(sample.stdout)
 
     step("incremental: one flow edited")
-    inc_floor = Row("incremental-floor", "incremental floor: diff-tree + changed blobs (one flow)")
-    for _ in range(repeats):
-        inc_floor.add(run.floor("incremental", str(repo), base, edited))
-    inc = Row("incremental-apply", "CLI `apply`, one flow edited (a full sync: reads the instance back)", floor=inc_floor)
-    for i in range(repeats):
-        if i:
-            run.headwater("apply", *repo_arg, "--instance", "dev", "--rev", base, "--yes", state=state)
-        sample = run.headwater("apply", *repo_arg, "--instance", "dev", "--rev", edited, "--yes", state=state)
-        inc.add(sample)
-    inc.note = _last_line(sample.stdout)
-
+    inc_floor, inc = _edit_rows(
+        run, repo, state, repeats, base, edited, "incremental", "one flow",
+        "CLI `apply`, one flow edited (a full sync: reads the instance back)",
+    )
     step("root namespace.yaml edited")
-    root_floor = Row("root-floor", "incremental floor: diff-tree + changed blobs (root namespace.yaml)")
-    for _ in range(repeats):
-        root_floor.add(run.floor("incremental", str(repo), edited, rooted))
-    root = Row("root-apply", f"CLI `apply`, root namespace.yaml edited ({manifest.below_root} namespaces below)",
-               floor=root_floor)
-    for i in range(repeats):
-        if i:
-            run.headwater("apply", *repo_arg, "--instance", "dev", "--rev", edited, "--yes", state=state)
-        sample = run.headwater("apply", *repo_arg, "--instance", "dev", "--rev", rooted, "--yes", state=state)
-        root.add(sample)
-    root.note = _last_line(sample.stdout)
+    root_floor, root = _edit_rows(
+        run, repo, state, repeats, edited, rooted, "root", "root namespace.yaml",
+        f"CLI `apply`, root namespace.yaml edited ({manifest.below_root} namespaces below)",
+    )
 
     identical: str | None = None
     incremental: str | None = None
@@ -286,6 +272,25 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
     }
     rows = [cold_floor, validate, warm, plan, apply, both, noop, inc_floor, inc, root_floor, root]
     return rows, facts
+
+
+def _edit_rows(
+    run: Run, repo: Path, state: Path, repeats: int, before: str, after: str, name: str, what: str,
+    label: str,
+) -> tuple[Row, Row]:
+    """The incremental floor from ``before`` to ``after`` and the CLI `apply` of ``after`` on an
+    instance at ``before`` (set back to it between runs)."""
+    floor = Row(f"{name}-floor", f"incremental floor: diff-tree + changed blobs ({what})")
+    for _ in range(repeats):
+        floor.add(run.floor("incremental", str(repo), before, after))
+    row = Row(f"{name}-apply", label, floor=floor)
+    for i in range(repeats):
+        if i:
+            run.headwater("apply", "-C", str(repo), "--instance", "dev", "--rev", before, "--yes", state=state)
+        sample = run.headwater("apply", "-C", str(repo), "--instance", "dev", "--rev", after, "--yes", state=state)
+        row.add(sample)
+    row.note = _last_line(sample.stdout)
+    return floor, row
 
 
 def _mb(size: int) -> str:

@@ -94,6 +94,22 @@ def target(root: Path) -> LocalTarget:
     return LocalTarget(root, keep=3, secret_hash_key=HASH_KEY, durable=False)
 
 
+
+def fail_link_number(n: int, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the ``n``-th ``os.link`` from now fail as a full disk would (the others link);
+    returns the destinations of the calls, as they are made."""
+    real_link = os.link
+    calls: list[str] = []
+
+    def flaky_link(src: Any, dst: Any, **kw: Any) -> None:
+        calls.append(str(dst))
+        if len(calls) == n:
+            raise OSError(28, "No space left on device")
+        real_link(src, dst, **kw)
+
+    monkeypatch.setattr(os, "link", flaky_link)
+    return calls
+
 def test_is_a_target(target: LocalTarget) -> None:
     checked: Target = target
     assert checked.current_revision() is None
@@ -378,17 +394,7 @@ def test_a_failed_apply_leaves_the_instance_as_it_was(
     root: Path, target: LocalTarget, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     target.apply("r1", sample(0), SECRETS)
-    real_link = os.link
-    calls = 0
-
-    def flaky_link(src: Any, dst: Any, **kw: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 4:
-            raise OSError(28, "No space left on device")
-        real_link(src, dst, **kw)
-
-    monkeypatch.setattr(os, "link", flaky_link)
+    fail_link_number(4, monkeypatch)
     with pytest.raises(TargetError, match="No space left") as info:
         target.apply("r2", sample(1), SECRETS)
     assert info.value.hint and "unchanged" in info.value.hint
@@ -808,22 +814,12 @@ def test_a_failed_namespace_apply_leaves_the_instance_as_it_was(
 ) -> None:
     target.apply("r1", wide(0), {})
     before = (spaces(root), objects(root), os.readlink(root / "current"))
-    real_link = os.link
-    calls = 0
-
-    def flaky_link(src: Any, dst: Any, **kw: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise OSError(28, "No space left on device")
-        real_link(src, dst, **kw)
-
-    monkeypatch.setattr(os, "link", flaky_link)
+    calls = fail_link_number(2, monkeypatch)
     changed = by_namespace(wide(1), ("acme", "team3"))
     with pytest.raises(TargetError, match="No space left") as info:
         target.apply_namespaces("r2", "r1", changed, {})
     assert info.value.hint and "unchanged" in info.value.hint
-    assert calls == 2
+    assert len(calls) == 2
     monkeypatch.undo()
     assert (spaces(root), objects(root), os.readlink(root / "current")) == before
     assert debris(root) == []
