@@ -89,6 +89,9 @@ def test_commits_reach_the_instance_of_their_branch(tmp_path: Path, transport: s
                 True,
             )
             assert d.metric("headwater_triggers_total", source="poll") > 0
+            # the first fetch of each branch is a plain one; a moved branch, fetch-pack's
+            fetches = [e["method"] for e in d.events() if e.get("event") == "mirror.fetch"]
+            assert fetches[0] == "fetch" and fetches[-2:] == ["moved", "moved"], fetches
             assert d.stop() == 0
 
 

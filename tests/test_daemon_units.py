@@ -277,6 +277,81 @@ def test_the_mirror_holds_only_the_tracked_branches(tmp_path: Path) -> None:
         assert repo.branches()["main"] == new
 
 
+def _loose_object(git_dir: Path, oid: str) -> Path:
+    return git_dir / "objects" / oid[:2] / oid[2:]
+
+
+@pytest.mark.parametrize("url", ["path", "file", "file-force-push"])
+def test_a_moved_branch_is_fetched_in_proportion_to_the_change(tmp_path: Path, url: str) -> None:
+    origin = _origin(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    remote = parse_remote(str(origin) if url == "path" else origin.as_uri())
+    mirror = Mirror(state, remote, git_env(None, None), 30)
+    mirror.ensure()
+    assert mirror.fetch(["dev", "main"]) == "fetch"  # new branches: a plain fetch
+    with gitrepo.GitRepo(mirror.path) as repo:
+        have = repo.branches()
+    git(origin, "checkout", "-q", "dev")
+    if url == "file-force-push":
+        git(origin, "reset", "-q", "--hard", "HEAD")
+        git(origin, "commit", "-q", "--amend", "-m", "rewritten")
+    new = commit(origin, "edit", {"tenants/acme/flows/x.yaml": "id: x\n"})
+    assert mirror.fetch(["dev"], have) == "moved"
+    with gitrepo.GitRepo(mirror.path) as repo:
+        assert repo.branches() == {"dev": new, "main": have["main"]}
+        assert gitrepo.read_path(repo, "dev", "tenants/acme/flows/x.yaml") == b"id: x\n"
+    assert mirror.integrity() is None
+    # nothing moved: fetch-pack brings nothing, the refs stay
+    with gitrepo.GitRepo(mirror.path) as repo:
+        assert mirror.fetch(["dev"], repo.branches()) == "moved"
+        assert repo.branches()["dev"] == new
+
+
+def test_a_stale_view_of_the_mirror_falls_back_to_a_plain_fetch(tmp_path: Path) -> None:
+    origin = _origin(tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    mirror = Mirror(state, parse_remote(origin.as_uri()), git_env(None, None), 30)
+    mirror.ensure()
+    mirror.fetch(["dev"])
+    git(origin, "checkout", "-q", "dev")
+    new = commit(origin, "edit", {"a.txt": "a"})
+    # The caller believes dev is elsewhere (another daemon moved it): the compare-and-swap
+    # refuses, and git fetch takes over.
+    assert mirror.fetch(["dev"], {"dev": new}) == "fetch"
+    with gitrepo.GitRepo(mirror.path) as repo:
+        assert repo.branches()["dev"] == new
+
+
+def test_missing_new_objects_fail_the_check_and_move_no_ref(tmp_path: Path) -> None:
+    origin = _origin(tmp_path)
+    git(origin, "checkout", "-q", "dev")
+    old = git(origin, "rev-parse", "HEAD").strip()
+    new = commit(origin, "edit", {"b.txt": "a brand new blob\n"})
+    blob = git(origin, "rev-parse", f"{new}:b.txt").strip()
+    work_git = origin / ".git"
+    gitrepo.check_new_objects(work_git, [(old, new)], timeout=30)  # complete: passes
+    _loose_object(work_git, blob).unlink()
+    with pytest.raises(gitrepo.GitError, match="incomplete"):
+        gitrepo.check_new_objects(work_git, [(old, new)], timeout=30)
+
+    # A remote missing that object cannot serve the branch: neither path moves the ref.
+    state = tmp_path / "state"
+    state.mkdir()
+    mirror = Mirror(state, parse_remote(origin.as_uri()), git_env(None, None), 30)
+    mirror.ensure()
+    git(origin, "branch", "-f", "old", old)
+    mirror.fetch(["old"])
+    with gitrepo.GitRepo(mirror.path) as repo:
+        have = repo.branches()
+    git(origin, "branch", "-f", "old", new)
+    with pytest.raises(gitrepo.GitError):
+        mirror.fetch(["old"], have)
+    with gitrepo.GitRepo(mirror.path) as repo:
+        assert repo.branches()["old"] == old
+
+
 def test_a_corrupt_or_foreign_mirror_is_replaced(tmp_path: Path) -> None:
     origin = _origin(tmp_path)
     state = tmp_path / "state"

@@ -434,13 +434,15 @@ class RemoteHeads:
 
 
 def _remote_run(
-    args: Sequence[str], *, env: dict[str, str], timeout: float, git_dir: Path | None = None
+    args: Sequence[str], *, env: dict[str, str], timeout: float, git_dir: Path | None = None,
+    stdin: bytes | None = None, keep_output: bool = True,
 ) -> bytes:
     cmd = ["git"] if git_dir is None else ["git", "--git-dir", str(git_dir)]
     try:
         proc = subprocess.run(
-            [*cmd, *args], stdin=subprocess.DEVNULL, capture_output=True,
-            env={**_git_env(), **env}, timeout=timeout, check=False,
+            [*cmd, *args], input=stdin, stdin=subprocess.DEVNULL if stdin is None else None,
+            stdout=subprocess.PIPE if keep_output else subprocess.DEVNULL,
+            stderr=subprocess.PIPE, env={**_git_env(), **env}, timeout=timeout, check=False,
         )
     except subprocess.TimeoutExpired:
         raise GitError(
@@ -486,6 +488,61 @@ def fetch(git_dir: Path, url: str, refspecs: Sequence[str], *, env: dict[str, st
          "--atomic", "--", url, *refspecs],
         env=env, timeout=timeout, git_dir=git_dir,
     )
+
+
+def fetch_moved(
+    git_dir: Path, url: str, moved: dict[str, str], *, env: dict[str, str], timeout: float
+) -> dict[str, str]:
+    """Fetch branches the mirror already has, at a cost that follows the change.
+
+    ``moved`` maps each branch to its present head in ``git_dir``. ``git fetch`` checks that the
+    new heads are connected by walking every tree of the old heads (``rev-list --objects --not
+    --all``: 0.13 s on a 50k-flow repository, for a one-file change). Here ``fetch-pack``
+    receives the pack (each object's hash verified as it is indexed), then ``pack-objects
+    --revs --sparse`` reads every object reachable from the new heads and not from the old
+    ones, walking only the trees that differ: a missing object fails it, so the refs never
+    point at an incomplete history. The refs then move in one transaction, each only from the
+    head it had. Returns the new heads; a GitError leaves every ref where it was.
+    """
+    refs = [f"refs/heads/{b}" for b in sorted(moved)]
+    # fetch-pack takes no "--"; the daemon's parse_remote refuses a URL that starts with "-".
+    out = _remote_run(
+        ["fetch-pack", "--thin", "--quiet", "--no-progress", url, *refs],
+        env=env, timeout=timeout, git_dir=git_dir,
+    )
+    got: dict[str, str] = {}
+    for line in out.decode("utf-8", "replace").splitlines():
+        oid, _, name = line.partition(" ")
+        if name.startswith("refs/heads/") and len(oid) == 40:
+            got[name[len("refs/heads/"):]] = oid
+    if set(got) != set(moved):
+        raise GitError(f"git fetch-pack returned {sorted(got)} for {sorted(moved)}")
+    check_new_objects(git_dir, [(moved[b], got[b]) for b in sorted(moved)], timeout=timeout)
+    transaction = "".join(
+        f"update refs/heads/{b} {got[b]} {moved[b]}\n" for b in sorted(moved)
+    )
+    _remote_run(
+        ["update-ref", "--stdin"], env=env, timeout=timeout, git_dir=git_dir,
+        stdin=f"start\n{transaction}prepare\ncommit\n".encode("ascii"),
+    )
+    return got
+
+
+def check_new_objects(git_dir: Path, steps: Sequence[tuple[str, str]], *, timeout: float) -> None:
+    """GitError unless every object reachable from each new head and not from its old head is
+    present and readable. ``pack-objects --sparse`` walks only the trees that differ."""
+    walk = "".join(f"{new}\n^{old}\n" for old, new in steps)
+    try:
+        _remote_run(
+            ["pack-objects", "--revs", "--sparse", "--stdout", "--quiet"],
+            env={}, timeout=timeout, git_dir=git_dir, stdin=walk.encode("ascii"),
+            keep_output=False,
+        )
+    except GitError as exc:
+        raise GitError(
+            f"the fetched history is incomplete: {exc.message}",
+            hint="the mirror is fetched again with a full connectivity check",
+        ) from None
 
 
 def check_integrity(git_dir: Path, *, timeout: float = 300.0) -> str | None:

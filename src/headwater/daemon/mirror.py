@@ -30,6 +30,8 @@ _CONFIG_BRANCH = "headwater-config-branch"
 _SCHEMES = {"file", "git", "ssh", "git+ssh", "ssh+git", "http", "https"}
 # Transports git may use for the mirror: no ext::, fd:: or other remote helpers, ever.
 ALLOWED_PROTOCOLS = "file:git:ssh:http:https"
+# Transports served by the change-proportional fetch (no credential helper involved).
+_FAST_SCHEMES = {"local", "file", "git"}
 _SCP_LIKE = re.compile(r"^(?:[^@/\s]+@)?[^/:\s]+:(?!//)")
 _BRANCH = re.compile(r"^[A-Za-z0-9._][A-Za-z0-9._/-]*$")
 _CREDENTIAL_HELPER = (
@@ -204,8 +206,27 @@ class Mirror:
     def heads(self) -> gitrepo.RemoteHeads:
         return gitrepo.ls_remote(self.remote.url, env=self.env, timeout=self.timeout)
 
-    def fetch(self, branches: Iterable[str]) -> None:
-        self._fetch_into(self.path, branches)
+    def fetch(self, branches: Iterable[str], have: dict[str, str] | None = None) -> str:
+        """Fetch ``branches``; ``have`` is the mirror's present heads. Returns how: ``moved``
+        when every branch was already mirrored and the fast path succeeded, else ``fetch``.
+
+        The fast path (:func:`gitrepo.fetch_moved`) serves the transports fetch-pack speaks
+        without credentials: paths, file:// and git://. Any failure of it falls back to a plain
+        ``git fetch``, which then reports the problem in its own words.
+        """
+        wanted = sorted(set(branches))
+        have = have or {}
+        if self.remote.scheme in _FAST_SCHEMES and wanted and all(b in have for b in wanted):
+            try:
+                gitrepo.fetch_moved(
+                    self.path, self.remote.url, {b: have[b] for b in wanted},
+                    env=self.env, timeout=self.timeout,
+                )
+                return "moved"
+            except GitError:
+                pass
+        self._fetch_into(self.path, wanted)
+        return "fetch"
 
     def remembered_config_branch(self) -> str | None:
         """The branch whose headwater.yaml mapped the instances at the last contact."""

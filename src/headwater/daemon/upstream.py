@@ -118,9 +118,10 @@ def fetch(d: Daemon, advertised: dict[str, str], branches: set[str]) -> None:
     stale = {b for b in wanted if have.get(b) != advertised[b]}
     if stale:
         started = time.monotonic()
+        how = "fetch"
         try:
             with d.mirror.exclusive():
-                d.mirror.fetch(stale)
+                how = d.mirror.fetch(stale, have)
         except GitError as exc:
             if not repair_mirror(d, exc, wanted):
                 raise
@@ -129,6 +130,7 @@ def fetch(d: Daemon, advertised: dict[str, str], branches: set[str]) -> None:
             "mirror.fetch",
             f"fetched {', '.join(sorted(stale))}",
             branches=sorted(stale),
+            method=how,
             duration=round(time.monotonic() - started, 3),
         )
     mirror = d.repo.branches()
