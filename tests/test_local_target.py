@@ -976,19 +976,31 @@ def test_applying_one_namespace_creates_the_links_of_its_tenant_only(
     target = LocalTarget(root, keep=1, durable=False)
     target.apply("r1", many(0), {})
     target.apply("r2", many(1), {})
-    real = os.symlink
     made: list[str] = []
+    linked: list[str] = []
 
-    def counting(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
-        made.append(os.fspath(dst))
-        real(src, dst, *args, **kw)
+    def counting(real: Any, into: list[str]) -> Any:
+        def wrapper(src: Any, dst: Any, *args: Any, **kw: Any) -> None:
+            real(src, dst, *args, **kw)
+            into.append(os.fspath(dst))  # made: a link whose target was missing is not
 
-    monkeypatch.setattr(os, "symlink", counting)
+        return wrapper
+
+    monkeypatch.setattr(os, "symlink", counting(os.symlink, made))
+    monkeypatch.setattr(os, "link", counting(os.link, linked))
     target.apply_namespaces("r3", "r2", by_namespace(many(2), ("acme", "team7")), {})
     monkeypatch.undo()
-    # 30 in acme's new index, 5 tenant links, the temporary current and previous links
-    assert len(made) <= 30 + 7, made
-    assert sum("/indexes/" in m for m in made) == 30
+    # 5 tenant links, the temporary current and previous links, the new space's own link
+    assert len(made) <= 8, made
+    assert not any("/indexes/" in m for m in made)
+    # acme's new index: 30 hard links of its spaces' own links
+    assert sum("/indexes/" in m for m in linked) == 30
+    new_index = root / "indexes" / index_of(root, "r3", "acme")
+    for entry in new_index.iterdir():
+        own = root / "spaces" / space_of(root, "r3", "acme", entry.name) / "link"
+        assert os.path.samestat(entry.lstat(), own.lstat())
+        assert os.readlink(entry) == os.readlink(own)
+        assert entry.resolve() == (own.parent / "tree").resolve()
     assert hashes(target.inventory()) == hashes(many(2))
     assert target.revisions() == ["r3", "r2"]
 

@@ -100,7 +100,11 @@ REVISION_META = ".revision.json"
 SPACE_MANIFEST = "manifest.json"
 _DIR_RE = re.compile(r"([0-9A-Za-z_-]{1,128})(?:\.([1-9][0-9]{0,8}))?\Z")
 _ID_RE = re.compile(r"[0-9a-f]{32}(?:\.[1-9][0-9]{0,8})?\Z")  # a space or an index
-_SPACE_LINK = "../../spaces/{}/tree"  # indexes/<iid>/<namespace>
+_SPACE_LINK = "../../spaces/{}/tree"  # indexes/<iid>/<namespace>, and spaces/<sid>/link
+# Each space holds one symbolic link to its own tree (``_SPACE_LINK`` resolves alike from
+# spaces/<sid>/ and from indexes/<iid>/): index entries are hard links of it, cheaper to make
+# than symbolic links (a directory entry, no new inode) and read the same.
+_SPACE_LINK_NAME = "link"
 _FORMAT2_SPACE_LINK = "../../../spaces/{}/tree"  # revisions/<dir>/<tenant>/<namespace>
 _INDEX_LINK = "../../indexes/{}"  # revisions/<dir>/<tenant>
 _SYNC_BATCH = 256  # above this many files and directories to flush, one sync() is cheaper
@@ -531,13 +535,39 @@ class LocalTarget:
             work = self.indexes_dir / f".tmp-{_random.token_hex(8)}"
             work.mkdir()
             for namespace, sid in namespaces.items():
-                os.symlink(_SPACE_LINK.format(sid), f"{work}/{namespace}")
+                self._link_space(sid, f"{work}/{namespace}")
             fresh.append((tenant, digest, work))
         self._sync([folder for _, _, folder in fresh])
         for tenant, digest, work in fresh:
             indexes[tenant] = self._free_id(self.indexes_dir, digest)
             os.rename(work, self.indexes_dir / indexes[tenant])
         return indexes
+
+    def _link_space(self, sid: str, dest: str) -> None:
+        """Make ``dest`` (indexes/<iid>/<namespace>) a link to space ``sid``'s tree: a hard
+        link of the space's own link, which is made first (complete, then renamed into place)
+        when the space has none yet; a symbolic link of its own where hard links fail."""
+        master = f"{self.spaces_dir}/{sid}/{_SPACE_LINK_NAME}"
+        target = _SPACE_LINK.format(sid)
+        for attempt in range(2):
+            try:
+                os.link(master, dest, follow_symlinks=False)
+                return
+            except FileNotFoundError:
+                if attempt:
+                    break
+                tmp = f"{self.spaces_dir}/.tmp-{_random.token_hex(8)}"
+                os.symlink(target, tmp)
+                try:
+                    os.replace(tmp, master)
+                except OSError:
+                    os.unlink(tmp)
+                    break
+            except OSError as e:
+                if e.errno not in (errno.EMLINK, errno.EPERM, errno.EOPNOTSUPP):
+                    raise
+                break
+        os.symlink(target, dest)
 
     def _shareable_index(self, digest: str, namespaces: dict[str, str]) -> str | None:
         """An existing index holding exactly these links and nothing else."""
