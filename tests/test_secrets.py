@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from headwater.secrets import (
     SecretProvider,
     collect,
     load_or_create_hash_key,
+    lookup_scope,
     namespace_chain,
 )
 
@@ -113,6 +115,41 @@ def test_directory_provider_errors_never_show_the_value(secrets_dir: Path) -> No
 def test_directory_provider_ignores_a_folder_with_the_name(secrets_dir: Path) -> None:
     (secrets_dir / "acme" / "company.team" / "COMPANY").mkdir()
     assert DirectoryProvider(secrets_dir).get("acme", "company.team", "COMPANY") == "company"
+
+
+def test_a_lookup_scope_answers_as_single_lookups_and_lists_each_folder_once(
+    secrets_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (secrets_dir / "acme" / "company.team" / "COMPANY").mkdir()  # a folder: skipped
+    (secrets_dir / "acme" / "company.file").write_text("a file where a folder would be")
+    (secrets_dir / "acme" / "company" / "BINARY").write_bytes(b"\xff")
+    lookups = [
+        (tenant, namespace, name)
+        for tenant in ("acme", "other", "nobody")
+        for namespace in ("company.team.x", "company.team", "company", "elsewhere", "company.file")
+        for name in ("ONLY_X", "TEAM", "COMPANY", "TENANT", "MISSING")
+    ]
+    provider = DirectoryProvider(secrets_dir)
+    single = {lookup: provider.get(*lookup) for lookup in lookups}
+    listed: list[str] = []
+    real = os.listdir
+
+    def counting(path: str) -> list[str]:
+        listed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(os, "listdir", counting)
+    chained = ChainProvider(EnvProvider(environ={}), provider)
+    with lookup_scope(chained):
+        scoped = {lookup: provider.get(*lookup) for lookup in lookups}
+        with pytest.raises(ConfigError, match="not UTF-8"):
+            provider.get("acme", "company", "BINARY")
+    assert scoped == single
+    assert sum(v is not None for v in scoped.values()) == 18
+    assert len(listed) == len(set(listed)) == 3 * 6  # each folder of every chain, once
+    with lookup_scope(provider):  # a new scope sees a value written since
+        (secrets_dir / "acme" / "company" / "MISSING").write_text("now set")
+        assert provider.get("acme", "company.team", "MISSING") == "now set"
 
 
 def test_env_provider(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,6 +35,7 @@ from headwater.secrets import (
     EnvProvider,
     SecretProvider,
     load_or_create_hash_key,
+    lookup_scope,
 )
 from headwater.settings import Settings
 from headwater.state import StateStore
@@ -185,6 +186,18 @@ class Engine:
         content: bool,
         base: Desired | None,
         in_place: bool = False,
+    ) -> Desired:
+        with lookup_scope(self.provider):
+            return self._build_desired(snap, view, namespaces, content, base, in_place)
+
+    def _build_desired(
+        self,
+        snap: snapshot.Snapshot,
+        view: snapshot.InstanceView,
+        namespaces: list[NsKey],
+        content: bool,
+        base: Desired | None,
+        in_place: bool,
     ) -> Desired:
         views = [view.namespaces[k] for k in namespaces if k in view.namespaces]
         oids = {info.entry.oid for ns in views for info in ns.flows.values()}

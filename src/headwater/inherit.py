@@ -153,6 +153,10 @@ class Effective:
     allowed_owners: tuple[Owner, ...] = field(default=(), repr=False)
     denied_owners: tuple[Owner, ...] = field(default=(), repr=False)
     plugins: Mapping[str, _Plugin] = field(default_factory=dict, repr=False)
+    # plugin_allowed's answers by type: a namespace's flows use a few types many times
+    _verdicts: dict[str, tuple[bool, str | None]] = field(
+        default_factory=dict, repr=False, compare=False, hash=False
+    )
 
     def origin(self, path: Sequence[Key]) -> Origin | None:
         """The origin of ``path``, or of its nearest ancestor that has one (a list's items)."""
@@ -166,6 +170,14 @@ class Effective:
 
     def plugin_allowed(self, type_name: str) -> tuple[bool, str | None]:
         """Whether ``type_name`` may be used here; if not, why, naming the refusing layer."""
+        if not self.denied and not self.allowed_chain:
+            return True, None
+        verdict = self._verdicts.get(type_name)
+        if verdict is None:
+            verdict = self._verdicts[type_name] = self._plugin_verdict(type_name)
+        return verdict
+
+    def _plugin_verdict(self, type_name: str) -> tuple[bool, str | None]:
         for pattern, where in zip(self.denied, self.denied_origins, strict=True):
             if _glob(pattern).fullmatch(type_name):
                 return False, (

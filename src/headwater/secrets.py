@@ -10,10 +10,11 @@ Nothing in this module puts a secret value into a message or an exception.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets as _random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -57,6 +58,30 @@ class DirectoryProvider:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
+        self._listings: dict[str, frozenset[str]] | None = None
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Within it each folder is listed once, and only the files it lists are read: the
+        thousands of lookups of one desired state then cost one listing per folder, not one
+        failed open per folder of each namespace chain."""
+        self._listings = {}
+        try:
+            yield
+        finally:
+            self._listings = None
+
+    def _holds(self, folder: str, name: str) -> bool:
+        if self._listings is None:
+            return True
+        names = self._listings.get(folder)
+        if names is None:
+            try:
+                names = frozenset(os.listdir(folder))
+            except OSError:  # missing, not a folder, unreadable: read_bytes says which
+                names = frozenset() if not os.path.lexists(folder) else frozenset({name})
+            self._listings[folder] = names
+        return name in names
 
     def get(self, tenant: str, namespace: str, name: str) -> str | None:
         _safe(tenant, "tenant")
@@ -66,9 +91,11 @@ class DirectoryProvider:
                 f"invalid namespace {namespace!r} for a secret lookup",
                 hint="a namespace is dot-separated names of letters, digits, '_' and '-'",
             )
-        folders = [self.root / tenant / ns for ns in namespace_chain(namespace)]
-        for folder in [*folders, self.root / tenant]:
-            path = folder / name
+        root = f"{self.root}/{tenant}"
+        for folder in [*(f"{root}/{ns}" for ns in namespace_chain(namespace)), root]:
+            if not self._holds(folder, name):
+                continue
+            path = Path(folder, name)
             try:
                 data = path.read_bytes()
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
@@ -110,12 +137,25 @@ class ChainProvider:
     def __init__(self, *providers: SecretProvider) -> None:
         self.providers = providers
 
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        with contextlib.ExitStack() as stack:
+            for provider in self.providers:
+                stack.enter_context(lookup_scope(provider))
+            yield
+
     def get(self, tenant: str, namespace: str, name: str) -> str | None:
         for provider in self.providers:
             value = provider.get(tenant, namespace, name)
             if value is not None:
                 return value
         return None
+
+
+def lookup_scope(provider: SecretProvider) -> contextlib.AbstractContextManager[None]:
+    """``provider.scope()`` where it has one (many lookups in a row), else nothing."""
+    scope = getattr(provider, "scope", None)
+    return scope() if callable(scope) else contextlib.nullcontext()
 
 
 def collect(
