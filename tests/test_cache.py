@@ -33,6 +33,28 @@ def test_cache_round_trip_and_torn_entries(tmp_path: Path) -> None:
         assert cache.get_many(["a"]) == {}  # the torn entry is gone, to be rebuilt
 
 
+def test_blob_hashes_round_trip_and_torn_rows(tmp_path: Path) -> None:
+    a, b = "a" * 40, "b" * 40
+    with ResultCache(tmp_path / "c.db") as cache:
+        cache.put_blob_hashes({a: ("sha256:" + "1" * 64, False), b: ("sha256:" + "2" * 64, True)})
+        assert cache.blob_hashes([a, b, "c" * 40]) == {
+            a: ("sha256:" + "1" * 64, False),
+            b: ("sha256:" + "2" * 64, True),
+        }
+    db = sqlite3.connect(tmp_path / "c.db")
+    db.execute("UPDATE blob_hashes SET digest = 'sha256:' || substr(digest, 9) || '0' WHERE oid = ?", (a,))
+    db.execute("UPDATE blob_hashes SET binary = 0 WHERE oid = ?", (b,))
+    db.commit()
+    db.close()
+    with ResultCache(tmp_path / "c.db") as cache:
+        assert cache.blob_hashes([a, b]) == {}  # a changed digest or flag is never trusted
+        assert cache.dropped == 2
+    with ResultCache(tmp_path / "nowhere" / "x" / "c.db") as cache:
+        cache.close()
+        cache.put_blob_hashes({a: ("sha256:" + "1" * 64, False)})  # switched off: a no-op
+        assert cache.blob_hashes([a]) == {}
+
+
 def test_garbage_cache_file_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     path.write_bytes(b"this is not a database" * 100)

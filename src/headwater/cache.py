@@ -80,6 +80,12 @@ class ResultCache:
                     "CREATE TABLE IF NOT EXISTS entries (key TEXT PRIMARY KEY, checksum TEXT NOT NULL,"
                     " payload BLOB NOT NULL)"
                 )
+                # The sha256 of a blob's content, by blob id: a plain row (no pickle) with a
+                # check of its own, since a large desired state asks for 150k of them at once.
+                db.execute(
+                    "CREATE TABLE IF NOT EXISTS blob_hashes (oid TEXT PRIMARY KEY,"
+                    " digest TEXT NOT NULL, binary INTEGER NOT NULL, checksum TEXT NOT NULL)"
+                )
                 db.execute("SELECT count(*) FROM entries LIMIT 1").fetchone()
                 self._db = db
                 return
@@ -156,6 +162,57 @@ class ResultCache:
             except sqlite3.Error as exc:
                 self._disable(exc)
 
+    def blob_hashes(self, oids: Iterable[str]) -> dict[str, tuple[str, bool]]:
+        """The remembered ``(sha256 digest, binary)`` of the blobs among ``oids``."""
+        wanted = list(oids)
+        found: dict[str, tuple[str, bool]] = {}
+        with self._lock:
+            if self._db is None:
+                self.misses += len(wanted)
+                return found
+            torn: list[str] = []
+            try:
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._db.execute(
+                        "SELECT oid, digest, binary, checksum FROM blob_hashes"
+                        f" WHERE oid IN ({marks})", chunk
+                    ).fetchall()
+                    for oid, digest, binary, checksum in rows:
+                        if isinstance(digest, str) and checksum == _blob_check(oid, digest, binary):
+                            found[oid] = (digest, bool(binary))
+                        else:
+                            torn.append(oid)
+                if torn:
+                    self.dropped += len(torn)
+                    self._db.executemany("DELETE FROM blob_hashes WHERE oid = ?", [(k,) for k in torn])
+                    self._db.commit()
+            except sqlite3.Error as exc:
+                self._disable(exc)
+        self.hits += len(found)
+        self.misses += len(wanted) - len(found)
+        return found
+
+    def put_blob_hashes(self, items: Mapping[str, tuple[str, bool]]) -> None:
+        if not items:
+            return
+        rows = [
+            (oid, digest, int(binary), _blob_check(oid, digest, int(binary)))
+            for oid, (digest, binary) in items.items()
+        ]
+        with self._lock:
+            if self._db is None:
+                return
+            try:
+                with self._db:
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO blob_hashes (oid, digest, binary, checksum)"
+                        " VALUES (?, ?, ?, ?)", rows
+                    )
+            except sqlite3.Error as exc:
+                self._disable(exc)
+
     def _disable(self, exc: Exception) -> None:
         log.warning("cache %s disabled: %s", self.path, exc)
         if self._db is not None:
@@ -174,6 +231,10 @@ def _decode(checksum: str, payload: bytes) -> Any:
         return pickle.loads(payload)
     except Exception:  # a torn or foreign entry; recomputed by the caller
         return _TORN
+
+
+def _blob_check(oid: object, digest: object, binary: object) -> str:
+    return hashlib.blake2b(f"{FORMAT}:{oid}:{digest}:{binary}".encode(), digest_size=8).hexdigest()
 
 
 def key(*parts: str) -> str:

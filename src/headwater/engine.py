@@ -19,7 +19,6 @@ from typing import Any
 from headwater import plan as planning
 from headwater import snapshot
 from headwater.cache import ResultCache
-from headwater.cache import key as cache_key
 from headwater.errors import (
     ContentMissing,
     Diagnostic,
@@ -273,19 +272,11 @@ class Engine:
 
     def _blob_hashes(self, oids: set[str]) -> dict[str, tuple[str, bool]]:
         """sha256 and binary flag of each blob, from the cache or read once and remembered."""
-        keys = {oid: cache_key("blob", oid) for oid in oids}
-        known = self.cache.get_many(keys.values())
-        result: dict[str, tuple[str, bool]] = {}
-        missing = []
-        for oid, key in keys.items():
-            if key in known:
-                result[oid] = known[key]
-            else:
-                missing.append(oid)
-        fresh: dict[str, Any] = {}
-        for oid, data in self.repo.read_blobs(missing).items():
-            result[oid] = fresh[keys[oid]] = (content_hash(data), is_binary(data))
-        self.cache.put_many(fresh)
+        result = self.cache.blob_hashes(oids)
+        fresh: dict[str, tuple[str, bool]] = {}
+        for oid, data in self.repo.read_blobs([o for o in oids if o not in result]).items():
+            result[oid] = fresh[oid] = (content_hash(data), is_binary(data))
+        self.cache.put_blob_hashes(fresh)
         return result
 
     def with_content(self, desired: Desired, keys: Iterable[ResourceKey] | None = None) -> Desired:
