@@ -87,6 +87,36 @@ def test_results_identical_with_and_without_cache(sample: Path, tmp_path: Path) 
     assert plain == cold == warm
 
 
+def test_reference_checks_of_a_checked_commit_come_from_the_cache(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    subflow = (
+        "id: ingest\nnamespace: company.team\ntasks:\n"
+        "  - id: s\n    type: io.kestra.plugin.core.flow.Subflow\n    namespace: company\n    flowId: nosuch\n"
+        "  - id: r\n    type: io.kestra.plugin.core.log.Log\n    message: \"{{ read('scripts/missing.py') }}\"\n"
+    )
+    commit(sample, "references", {FLOW: subflow})
+    plain = report(sample, None)
+    assert {"ref.subflow-missing", "ref.read-missing"} <= {code for (_p, _l, code, _m) in plain}
+    ran: list[object] = []
+    real = snapshot.check_namespace
+
+    def counting(*args: object) -> object:
+        ran.append(args[0])
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(snapshot, "check_namespace", counting)
+    with ResultCache(tmp_path / "c.db") as cache:
+        assert report(sample, cache) == plain
+        first = len(ran)
+        assert first > 0
+        assert report(sample, cache) == plain  # the same commit again: checks not run
+        assert len(ran) == first
+        commit(sample, "another", {"README.md": "a commit of its own\n"})
+        assert report(sample, cache) == plain  # another commit is checked afresh
+        assert len(ran) == 2 * first
+
+
 @pytest.mark.parametrize("change", ["edit", "revert", "rename"])
 def test_never_stale(change: str, sample: Path, tmp_path: Path) -> None:
     original = (sample / FLOW).read_text()

@@ -637,8 +637,11 @@ def test_after_a_restart_in_place_edits_sync_incrementally(tmp_path: Path) -> No
     edited = remote.commit("dev", {f"{FLOW_DIR}/hello.yaml": flow("hello", message="edited")})
     with Daemon(tmp_path, conf, name="second") as d:
         d.wait_applied("dev", edited)
-        primed = [e["instance"] for e in d.events() if e.get("event") == "primed"]
-        assert sorted(primed) == ["dev", "prod"]
+        # prod (up to date) is primed in its turn, possibly just after dev's sync
+        wait_until(
+            lambda: sorted(e["instance"] for e in d.events() if e.get("event") == "primed") == ["dev", "prod"],
+            "both instances primed", diagnose=d.tail,
+        )
         added = remote.commit("dev", {f"{FLOW_DIR}/added.yaml": flow("added")})
         d.wait_applied("dev", added)
         again = remote.commit("dev", {f"{FLOW_DIR}/added.yaml": flow("added", message="again")})

@@ -373,9 +373,19 @@ def test_a_restarted_engine_primed_from_the_store_applies_incrementally(
     with open_engine(repo_dir, state) as restarted:
         assert not restarted.primed("dev")
         assert restarted.prime("dev") and restarted.primed("dev")
-        assert restarted._resident["dev"].inventory == restarted.store.inventory("dev")
+        # primed: the commit's snapshot, its call graph and the inventory's size; no resource
+        resident = restarted._resident["dev"]
+        assert (resident.inventory, resident.desired.state, resident.known) == ({}, {}, set())
+        assert resident.size == len(restarted.store.inventory("dev")) > 0
+        assert resident.desired.calls == restarted.desired(resident.snapshot, "dev").calls
         calls.take()
-        apply_by("incremental", restarted, repo_dir, commit(repo_dir, "flow", EDITS["flow"]), calls)
+        for edit in SEQUENCE[:4]:  # a flow, a file, the root namespace.yaml, tenant.yaml
+            apply_by("incremental", restarted, repo_dir, commit(repo_dir, edit, EDITS[edit]), calls)
+            resident = restarted._resident["dev"]
+            recorded = restarted.store.inventory("dev")
+            assert resident.size == len(recorded)
+            assert resident.known and {(k.tenant, k.namespace) for k in resident.inventory} <= resident.known
+            assert resident.inventory == restarted.store.inventory("dev", sorted(resident.known))
 
 
 def test_priming_refuses_an_instance_the_store_and_target_disagree_on(repo_dir: Path, tmp_path: Path) -> None:

@@ -46,6 +46,18 @@ def code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+@cache
+def model_fingerprint() -> str:
+    """Changes whenever any code of the package changes: for results, such as an instance's
+    reference checks, that depend on more than the parsing and flow rules."""
+    digest = hashlib.sha256(code_fingerprint().encode())
+    root = Path(str(resources.files("headwater")))
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def default_path() -> Path:
     """``$HEADWATER_CACHE_DIR`` or ``$XDG_CACHE_HOME/headwater`` (``~/.cache/headwater``)."""
     base = os.environ.get("HEADWATER_CACHE_DIR")

@@ -29,6 +29,7 @@ from headwater.errors import (
 )
 from headwater.gitrepo import GitRepo
 from headwater.resources import Resource, ResourceKey, State, content_hash, is_binary, secret_hash
+from headwater.rules.flow_rules import FlowReferences
 from headwater.secrets import (
     DirectoryProvider,
     EnvProvider,
@@ -74,13 +75,21 @@ class Desired:
     ns_keys: dict[NsKey, tuple[ResourceKey, ...]] = dataclasses.field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Resident:
-    """What the engine applied last to an instance, kept for the next incremental apply."""
+    """What the engine applied last to an instance, kept for the next incremental apply.
+
+    After an apply it is whole. Primed from the state store (``Engine.prime``) it starts with
+    the snapshot and the flow call graph only: the desired state and the recorded inventory
+    of a namespace are built the first time a change reaches it (``known`` lists those built;
+    None when whole), so a restart does not build half a million resources to change a few.
+    """
 
     snapshot: snapshot.Snapshot
     desired: Desired  # without content
     inventory: dict[ResourceKey, str]  # as recorded in the state store
+    size: int  # resources in the recorded inventory
+    known: set[NsKey] | None = None
 
 
 @dataclass(frozen=True)
@@ -262,11 +271,7 @@ class Engine:
                 key = ResourceKey(tenant, name, "flow", fid)
                 add(here, blob_resource(key, info.entry.oid, info.entry.path))
                 if info.refs is not None:
-                    calls[key] = {
-                        ResourceKey(tenant, call.namespace, "flow", call.flow_id)
-                        for call in info.refs.subflows
-                        if not call.dynamic
-                    }
+                    calls[key] = _callees(tenant, info.refs)
             ns_keys[(tenant, name)] = tuple(here)
         return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources, ns_keys)
 
@@ -387,7 +392,7 @@ class Engine:
                 and target.current_revision() == snap.revision
                 and self.store.get(instance).applied_revision == snap.revision
             ):
-                self._resident[instance] = _Resident(snap, bare, inventory)
+                self._resident[instance] = _Resident(snap, bare, inventory, len(inventory))
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             # The target rebuilds the namespaces that change; it reuses the others by hash.
@@ -405,7 +410,7 @@ class Engine:
             self._write(instance, snap.revision, write)
             self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
         if action == "apply":
-            self._resident[instance] = _Resident(snap, bare, inventory)
+            self._resident[instance] = _Resident(snap, bare, inventory, len(inventory))
         return PlanResult(result, desired, snap)
 
     def _apply_changes(
@@ -446,6 +451,7 @@ class Engine:
                 return None
             # From here the resident state is updated in place: it is kept only on success.
             del self._resident[instance]
+            self._complete(instance, resident, touched)
             old_keys = [k for ns in touched for k in resident.desired.ns_keys.get(ns, ())]
             bare = self.desired_update(resident.desired, snap, instance, touched, in_place=True)
             new_keys = [k for ns in touched for k in bare.ns_keys.get(ns, ())]
@@ -456,9 +462,9 @@ class Engine:
                 wanted, _with_content(actual, target, wanted), instance=instance, revision=snap.revision,
                 base=base, managed=managed, calls=bare.calls,
             )
-            result = dataclasses.replace(result, unchanged=result.unchanged + len(resident.inventory) - len(managed))
+            result = dataclasses.replace(result, unchanged=result.unchanged + resident.size - len(managed))
             spec = snap.instances[instance]
-            self._guard(instance, result, len(resident.inventory), spec.max_delete_percent, allow_mass_delete, confirm)
+            self._guard(instance, result, resident.size, spec.max_delete_percent, allow_mass_delete, confirm)
             summary = {**result.summary(), "action": "apply"}
             self.store.begin_apply(instance, snap.revision, action="apply", trigger=trigger, summary=summary)
             by_ns = {ns: {k: wanted[k] for k in bare.ns_keys.get(ns, ())} for ns in touched}
@@ -466,14 +472,29 @@ class Engine:
             changes: dict[ResourceKey, str | None] = {k: None for k in old_keys}
             changes.update((k, wanted[k].hash) for k in new_keys)
             self.store.finish_apply_delta(instance, snap.revision, changes, summary, trigger, "apply")
-        inventory = resident.inventory
+        inventory, size = resident.inventory, resident.size
         for k, h in changes.items():
             if h is None:
-                inventory.pop(k, None)
+                size -= inventory.pop(k, None) is not None
             else:
+                size += k not in inventory
                 inventory[k] = h
-        self._resident[instance] = _Resident(snap, bare, inventory)
+        self._resident[instance] = _Resident(snap, bare, inventory, size, resident.known)
         return PlanResult(result, bare, snap, incremental=True)
+
+    def _complete(self, instance: str, resident: _Resident, namespaces: Iterable[NsKey]) -> None:
+        """Build what a primed ``resident`` lacks of ``namespaces``: their desired state at its
+        commit and their recorded inventory."""
+        if resident.known is None:
+            return
+        view = resident.snapshot.view(instance)
+        wanted = sorted(ns for ns in set(namespaces) - resident.known if ns in view.namespaces)
+        resident.known.update(namespaces)
+        if not wanted:
+            return
+        self._desired(resident.snapshot, view, wanted, False, resident.desired, in_place=True)
+        for key, digest in self.store.inventory(instance, wanted).items():
+            resident.inventory.setdefault(key, digest)
 
     def _loaded(self, desired: Desired, keys: list[ResourceKey]) -> State:
         """The resources ``keys`` of ``desired``, with their content (read in one batch)."""
@@ -505,14 +526,10 @@ class Engine:
             # again for this revision (the daemon asks at every poll)
             self._unprimable[instance] = revision
             return False
-        desired = self.desired(snap, instance, content=False)
-        recorded = self.store.inventory(instance)
-        # The same keys and hashes as the desired state's objects where they agree: a large
-        # instance's inventory then costs a dict, not another half a million keys and strings.
-        inventory = {k: res.hash for k, res in desired.state.items() if recorded.get(k) == res.hash}
-        if len(inventory) != len(recorded):
-            inventory.update((k, h) for k, h in recorded.items() if k not in inventory)
-        self._resident[instance] = _Resident(snap, desired, inventory)
+        # The desired state and inventory of a namespace are built when a change reaches it;
+        # the call graph (to order flows) is the whole commit's from the start.
+        desired = Desired(revision, {}, _calls(snap.view(instance)), {}, ())
+        self._resident[instance] = _Resident(snap, desired, {}, self.store.inventory_size(instance), set())
         return True
 
     def primed(self, instance: str) -> bool:
@@ -603,6 +620,25 @@ def ns_source(snap: snapshot.Snapshot, tenant: str, namespace: str) -> str:
     if node is not None and node.config is not None:
         return node.config.path
     return f"{tenant}/{namespace} config"
+
+
+def _callees(tenant: str, refs: FlowReferences) -> set[ResourceKey]:
+    """The flows a flow calls as subflows (static ones: a dynamic target is not known)."""
+    return {
+        ResourceKey(tenant, call.namespace, "flow", call.flow_id)
+        for call in refs.subflows
+        if not call.dynamic
+    }
+
+
+def _calls(view: snapshot.InstanceView) -> dict[ResourceKey, set[ResourceKey]]:
+    """The call graph of every flow an instance view holds, as ``Desired.calls``."""
+    return {
+        ResourceKey(ns.tenant, ns.name, "flow", fid): _callees(ns.tenant, info.refs)
+        for ns in view.namespaces.values()
+        for fid, info in ns.flows.items()
+        if info.refs is not None
+    }
 
 
 def _differing(desired: State, other: State) -> list[ResourceKey]:

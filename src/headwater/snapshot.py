@@ -18,7 +18,7 @@ from typing import Any
 import pathspec
 
 from headwater import inherit, layout, schemas, yamlio
-from headwater.cache import ResultCache
+from headwater.cache import ResultCache, model_fingerprint
 from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic
 from headwater.flowbatch import validate_many
@@ -119,6 +119,7 @@ class Snapshot:
     parsed: dict[str, list[Diagnostic]] = field(default_factory=dict)
     max_file_bytes: int = _MAX_FILE_BYTES
     extra_types: tuple[str, ...] = ()
+    cache: ResultCache | None = field(default=None, repr=False, compare=False)
     _views: dict[str, InstanceView] = field(default_factory=dict)
     _paths: dict[str, tuple[str, str, str, str]] | None = None
 
@@ -301,6 +302,7 @@ def load(
     return Snapshot(
         sha, tree, repo_doc, instances, configs, flows, [*diags, *_flatten(parsed)], registry,
         fixed_diagnostics=diags, parsed=parsed, max_file_bytes=int(max_bytes), extra_types=tuple(extra),
+        cache=cache,
     )
 
 
@@ -365,9 +367,29 @@ def _build_view(snap: Snapshot, spec: InstanceSpec) -> InstanceView:
             _tenant_base(snap, view, tenant)
             for name in sorted(tenant.namespaces, key=_depth_order):
                 _namespace_view(snap, view, tenant, name, merge=True)
-    for key in view.namespaces:
-        _check(snap, view, key)
+    _check_all(snap, view)
     return view
+
+
+def _check_all(snap: Snapshot, view: InstanceView) -> None:
+    """The reference checks of every namespace of ``view``: from the result cache when this
+    commit was checked for this instance before (by the same code and types), else run."""
+    keys = list(view.namespaces)
+    if snap.cache is None:
+        for key in keys:
+            _check(snap, view, key)
+        return
+    ckey = cache_key("checks", snap.revision, view.spec.name, snap.registry.fingerprint, model_fingerprint())
+    found = snap.cache.get_many([ckey]).get(ckey)
+    if isinstance(found, tuple) and len(found) == 2 and found[0] == len(keys):
+        by_ns: dict[NsKey, list[Diagnostic]] = found[1]
+        for key in keys:
+            view.parts[("check", *key)] = list(by_ns.get(key, ()))
+        return
+    for key in keys:
+        _check(snap, view, key)
+    found_diags = {key: view.parts[("check", *key)] for key in keys if view.parts[("check", *key)]}
+    snap.cache.put_many({ckey: (len(keys), found_diags)})
 
 
 def _depth_order(name: str) -> tuple[int, str]:
@@ -457,7 +479,7 @@ def update(
         changed[change.path] = place
         new_oids[change.path] = change.new_oid
     if not changed:
-        return Update(dataclasses.replace(old, revision=sha, _views=dict(old._views), _paths=old._paths), {})
+        return Update(dataclasses.replace(old, revision=sha, cache=cache, _views=dict(old._views), _paths=old._paths), {})
 
     blobs = repo.read_blobs(new_oids.values())
     if any(len(blobs[oid]) > old.max_file_bytes for oid in new_oids.values()):
@@ -501,7 +523,7 @@ def update(
     diagnostics = old.diagnostics if clean else [*old.fixed_diagnostics, *_flatten(parsed)]
     snap = dataclasses.replace(
         old, revision=sha, layout=tree, configs=configs, flows=flows, parsed=parsed,
-        diagnostics=diagnostics, _views={}, _paths=old._paths,
+        diagnostics=diagnostics, cache=cache, _views={}, _paths=old._paths,
     )
     result = Update(snap, changed)
     for name, view in old._views.items():

@@ -33,7 +33,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -327,9 +327,30 @@ class StateStore:
             state = replace(state, pending_revision=pending[0], pending_since=_when(pending[1]))
         return state
 
-    def inventory(self, instance: str) -> dict[ResourceKey, str]:
+    def inventory(
+        self, instance: str, namespaces: Iterable[tuple[str, str]] | None = None
+    ) -> dict[ResourceKey, str]:
+        """The recorded resources of ``instance`` (only those of ``namespaces``, given as
+        ``(tenant, namespace)``) and their hashes."""
         with self._tx(write=False) as db:
-            return self._inventory(db, instance)
+            if namespaces is None:
+                return self._inventory(db, instance)
+            found: dict[ResourceKey, str] = {}
+            for tenant, namespace in namespaces:
+                rows = db.execute(
+                    "SELECT kind, name, hash FROM inventory"
+                    " WHERE instance = ? AND tenant = ? AND namespace = ?",
+                    (instance, tenant, namespace),
+                )
+                found.update((ResourceKey(tenant, namespace, k, name), h) for k, name, h in rows)
+            return found
+
+    def inventory_size(self, instance: str) -> int:
+        with self._tx(write=False) as db:
+            (count,) = db.execute(
+                "SELECT count(*) FROM inventory WHERE instance = ?", (instance,)
+            ).fetchone()
+            return int(count)
 
     @staticmethod
     def _inventory(db: sqlite3.Connection, instance: str) -> dict[ResourceKey, str]:
