@@ -633,6 +633,7 @@ def test_after_a_restart_in_place_edits_sync_incrementally(tmp_path: Path) -> No
         d.wait_ready()
         first = remote.head("dev")
         d.wait_applied("dev", first)
+        d.wait_applied("prod", remote.head("main"))  # both up to date: both primed next time
         assert d.stop() == 0
     edited = remote.commit("dev", {f"{FLOW_DIR}/hello.yaml": flow("hello", message="edited")})
     with Daemon(tmp_path, conf, name="second") as d:
