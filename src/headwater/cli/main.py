@@ -8,17 +8,137 @@ problem), 2 usage errors (click) or `--detailed-exitcode` changes, 3 an unexpect
 from __future__ import annotations
 
 import gc
+import importlib
 import logging
 import sys
 import traceback
+from collections.abc import Iterator, MutableMapping
+from gettext import gettext as _
 
 import click
 
 from headwater import __version__
 from headwater.errors import HeadwaterError
 
+# Each command: the module that defines it (in its ``COMMANDS``) and the first paragraph of its
+# help, so `headwater --help` lists every command and `headwater validate` imports only the
+# validate module: the daemon, the engine, pydantic and the rest load when a command needs them.
+# (tests/test_perf_cli_lazy.py checks this table against the commands themselves.)
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "apply": (
+        "headwater.cli.sync",
+        "Apply a commit to an instance, all or nothing, or apply a saved PLANFILE exactly.",
+    ),
+    "check": ("headwater.cli.review", "Validate HEAD for every instance and show what review needs."),
+    "codeowners": (
+        "headwater.cli.review",
+        "Write CODEOWNERS (GitHub/GitLab) from the namespaces' owners, inherited downward.",
+    ),
+    "daemon": (
+        "headwater.cli.daemon",
+        "Mirror the repository and keep every instance equal to its branch.",
+    ),
+    "explain": (
+        "headwater.cli.validate",
+        "Show a namespace's effective config, where every value comes from, and its files.",
+    ),
+    "history": ("headwater.cli.sync", "The applies and rollbacks of an instance, newest first."),
+    "init": (
+        "headwater.cli.scaffold",
+        "Create a repository skeleton: headwater.yaml, one tenant, one namespace, one flow.",
+    ),
+    "plan": (
+        "headwater.cli.sync",
+        "Show what applying a commit would change on an instance, drift included.",
+    ),
+    "promote": (
+        "headwater.cli.review",
+        "Promote what FROM proved to TO, by branch, with the plan TO would apply.",
+    ),
+    "rollback": ("headwater.cli.sync", "Re-apply an earlier applied revision at once (break-glass)."),
+    "schema": ("headwater.cli.validate", "JSON schemas of the file formats."),
+    "status": (
+        "headwater.cli.sync",
+        "Applied vs attempted revision, errors and drift of each instance.",
+    ),
+    "validate": (
+        "headwater.cli.validate",
+        "Validate the repository at REV for each instance, or flow files with --flows.",
+    ),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyCommands(MutableMapping[str, click.Command]):
+    """A group's commands, each imported with its module the first time it is looked up."""
+
+    def __init__(self, table: dict[str, tuple[str, str]]) -> None:
+        self._table = table
+        self._loaded: dict[str, click.Command] = {}
+
+    def summary(self, name: str) -> str | None:
+        """The first paragraph of a command's help, without importing it (None if unknown)."""
+        entry = self._table.get(name)
+        return entry[1] if entry is not None and name not in self._loaded else None
+
+    def __getitem__(self, name: str) -> click.Command:
+        command = self._loaded.get(name)
+        if command is None and name in self._table:
+            module = importlib.import_module(self._table[name][0])
+            for found in module.COMMANDS:
+                if found.name is not None:
+                    self._loaded.setdefault(found.name, found)
+            command = self._loaded.get(name)
+        if command is None:
+            raise KeyError(name)
+        return command
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._loaded[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        known = name in self._loaded or name in self._table
+        self._loaded.pop(name, None)
+        self._table = {k: v for k, v in self._table.items() if k != name}
+        if not known:
+            raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._table
+        yield from (name for name in self._loaded if name not in self._table)
+
+    def __len__(self) -> int:
+        return len(self._table) + sum(1 for name in self._loaded if name not in self._table)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._table or name in self._loaded
+
+
+class LazyGroup(click.Group):
+    """A group whose `--help` lists the commands from ``LAZY_COMMANDS`` without importing them."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        commands = self.commands
+        if not isinstance(commands, LazyCommands):  # pragma: no cover - always lazy here
+            super().format_commands(ctx, formatter)
+            return
+        rows: list[tuple[str, click.Command]] = []
+        for name in self.list_commands(ctx):
+            summary = commands.summary(name)
+            # A stand-in with the same first paragraph shortens its help exactly as the command.
+            command = click.Command(name, help=summary) if summary is not None else self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)
+            with formatter.section(_("Commands")):
+                formatter.write_dl([(name, command.get_short_help_str(limit)) for name, command in rows])
+
+
+@click.group(
+    cls=LazyGroup,
+    commands=LazyCommands(LAZY_COMMANDS),
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(__version__, prog_name="headwater")
 @click.option("-v", "--verbose", count=True, help="More output; tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
@@ -34,17 +154,6 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
     ctx.obj["quiet"] = quiet
-
-
-def _register() -> None:
-    from headwater.cli import daemon, review, scaffold, sync, validate
-
-    for module in (validate, sync, review, daemon, scaffold):
-        for command in module.COMMANDS:
-            cli.add_command(command)
-
-
-_register()
 
 
 GC_THRESHOLDS = (50_000, 20, 20)
