@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 from typing import Any, Literal, cast, get_args
 
 from headwater.errors import PlanRefused
@@ -35,7 +35,6 @@ MAX_DIFF_BYTES = 1024 * 1024
 _KIND_ORDER: dict[str, int] = {kind: i for i, kind in enumerate(KINDS)}
 
 
-@dataclass(frozen=True)
 class Change:
     """One resource to create, update or delete.
 
@@ -43,17 +42,99 @@ class Change:
     changed outside Git); the change restores it. ``diff`` is a unified diff of the text
     content, None for binaries, secrets, oversized or unreadable content. For a secret
     (``sensitive``) both hashes are ``(sensitive)`` when present.
+
+    Immutable, and equal by value like a frozen dataclass. A plan of a large instance holds
+    a hundred thousand changes while a terminal shows a few thousand diff lines, so a change
+    made by ``compute`` computes its diff the first time ``diff`` (or ``has_diff``) is read.
     """
+
+    __slots__ = (
+        "_diff", "_pending", "action", "after_hash", "before_hash", "binary", "drift", "key",
+        "sensitive", "source",
+    )
+    __match_args__ = (
+        "key", "action", "before_hash", "after_hash", "binary", "sensitive", "drift", "diff", "source"
+    )
 
     key: ResourceKey
     action: Action
     before_hash: str | None
     after_hash: str | None
-    binary: bool = False
-    sensitive: bool = False
-    drift: bool = False
-    diff: str | None = None
-    source: str = ""  # where the content comes from (a repository path), for display
+    binary: bool
+    sensitive: bool
+    drift: bool
+    source: str  # where the content comes from (a repository path), for display
+    _diff: str | None
+    # A diff not computed yet: _diff's (have, want, label), and True when the diff is known
+    # not to be None (a creation or a deletion of non-empty text), so has_diff need not make it.
+    _pending: tuple[Resource | None, Resource | None, str, bool] | None
+
+    def __init__(
+        self,
+        key: ResourceKey,
+        action: Action,
+        before_hash: str | None,
+        after_hash: str | None,
+        binary: bool = False,
+        sensitive: bool = False,
+        drift: bool = False,
+        diff: str | None = None,
+        source: str = "",
+    ) -> None:
+        init = object.__setattr__
+        init(self, "key", key)
+        init(self, "action", action)
+        init(self, "before_hash", before_hash)
+        init(self, "after_hash", after_hash)
+        init(self, "binary", binary)
+        init(self, "sensitive", sensitive)
+        init(self, "drift", drift)
+        init(self, "source", source)
+        init(self, "_diff", diff)
+        init(self, "_pending", None)
+
+    @property
+    def diff(self) -> str | None:
+        pending = self._pending
+        if pending is not None:
+            object.__setattr__(self, "_diff", _diff(pending[0], pending[1], pending[2]))
+            object.__setattr__(self, "_pending", None)
+        return self._diff
+
+    @property
+    def has_diff(self) -> bool:
+        """``diff is not None``, without computing a creation's or a deletion's diff."""
+        pending = self._pending
+        if pending is not None and pending[3]:
+            return True
+        return self.diff is not None
+
+    def _values(self) -> tuple[Any, ...]:
+        return (
+            self.key, self.action, self.before_hash, self.after_hash, self.binary,
+            self.sensitive, self.drift, self.diff, self.source,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Change):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        values = zip(self.__match_args__, self._values(), strict=True)
+        return f"Change({', '.join(f'{name}={value!r}' for name, value in values)})"
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[type[Change], tuple[Any, ...]]:
+        return (Change, self._values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -329,8 +410,15 @@ def _change(
             drift=drift,
             source=source,
         )
-    diff = None if binary else _diff(have, want, source or str(key))
-    return Change(key, action, before, after, binary, False, drift, diff, source)
+    change = Change(key, action, before, after, binary, False, drift, None, source)
+    if not binary:
+        old = have.content if have is not None else b""
+        new = want.content if want is not None else b""
+        if old is not None and new is not None and max(len(old), len(new)) <= MAX_DIFF_BYTES:
+            # The diff of a creation or a deletion is empty exactly when the content is.
+            known = (have is None or want is None) and bool(old or new)
+            object.__setattr__(change, "_pending", (have, want, source or str(key), known))
+    return change
 
 
 def _diff(have: Resource | None, want: Resource | None, label: str) -> str | None:

@@ -58,11 +58,12 @@ def plan_text(plan: Plan, color: bool, *, max_diff_lines: int = MAX_TEXT_DIFF_LI
             out.append(f"{marker} {paint(_COLOR[change.action], line)}{detail}")
             if change.drift:
                 out.append("      " + paint(_MAGENTA, "! changed outside Git since the last apply"))
-            if change.diff is not None:
-                size = change.diff.rstrip("\n").count("\n") + 1
-                if size <= budget:
+            if change.has_diff:
+                # Past the budget a diff is only counted: it is not even computed (plan.Change).
+                diff = change.diff if budget else None
+                if diff is not None and (size := diff.rstrip("\n").count("\n") + 1) <= budget:
                     budget -= size
-                    out.extend("      " + _diff_line(d, paint) for d in _diff_lines(change.diff))
+                    out.extend("      " + _diff_line(d, paint) for d in _diff_lines(diff))
                 else:
                     budget = 0
                     omitted += 1
@@ -93,7 +94,7 @@ def plan_text(plan: Plan, color: bool, *, max_diff_lines: int = MAX_TEXT_DIFF_LI
 def _detail(change: Change) -> str:
     if change.sensitive:
         return f" {SENSITIVE}"
-    if change.diff is not None:
+    if change.has_diff:
         return ""
     prefix = " (binary)" if change.binary else ""
     return f"{prefix} {_hash_change(change)}"
@@ -220,9 +221,10 @@ class _Budget:
                     self.add(f"_… {len(changes) - i} more change(s) not shown._\n\n")
                     break
                 self.add(entry)
-                if change.diff is not None:
+                diff = change.diff
+                if diff is not None:
                     room = min(self.limit - self.used - len(closing), self.max_chars // 4)
-                    self.add(_md_diff(change.diff, room))
+                    self.add(_md_diff(diff, room))
             self.add(closing)
         if hidden:
             self.add(
@@ -239,7 +241,7 @@ def _md_change(change: Change) -> str:
         line += f" ({_code(change.source)})"
     if change.sensitive:
         line += f" — {SENSITIVE}"
-    elif change.diff is None:
+    elif not change.has_diff:
         what = "binary " if change.binary else ""
         line += f" — {what}{_hash_change(change, code=True)}"
     if change.drift:
