@@ -78,20 +78,25 @@ _NULLS = frozenset({"", "~", "null", "Null", "NULL"})
 _TRUE = frozenset({"true", "True", "TRUE"})
 _FALSE = frozenset({"false", "False", "FALSE"})
 _FIRST = frozenset("-+.0123456789~nNtTfF")
+_WORDS = frozenset("~nNtTfF")
+_NUMBER_FIRST = _FIRST - _WORDS
 
 
 def resolve_plain(text: str) -> Any:
     """The YAML 1.2 core-schema value of a plain (unquoted, untagged) scalar."""
     if text == "":
         return None
-    if text[0] not in _FIRST:
+    first = text[0]
+    if first not in _FIRST:
         return text
-    if text in _NULLS:
-        return None
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
+    if first in _WORDS:  # null, true, false or a string: no number starts with a letter or ~
+        if text in _NULLS:
+            return None
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        return text
     if _INT.match(text):
         return int(text)
     if _OCT.match(text):
@@ -198,18 +203,6 @@ def load(
         raise _diag(path, (None, None), "yaml.syntax", f"YAML error: {exc}", "fix the YAML") from None
 
 
-class _Frame:
-    __slots__ = ("anchor", "container", "key", "key_mark", "loc", "weight")
-
-    def __init__(self, container: dict[str, Any] | list[Any], loc: Path, anchor: str | None) -> None:
-        self.container = container
-        self.loc = loc
-        self.anchor = anchor
-        self.key: str | None = None
-        self.key_mark: Mark = (0, 0)
-        self.weight = 1
-
-
 def _build(text: str, path: str, max_depth: int, max_nodes: int, allow_multi: bool) -> Document:
     loader = _EventLoader(text)
     try:
@@ -218,141 +211,180 @@ def _build(text: str, path: str, max_depth: int, max_nodes: int, allow_multi: bo
         loader.dispose()
 
 
+_SCALAR = yaml.ScalarEvent
+_MAP_START, _SEQ_START = yaml.MappingStartEvent, yaml.SequenceStartEvent
+_MAP_END, _SEQ_END = yaml.MappingEndEvent, yaml.SequenceEndEvent
+_ALIAS, _DOC_START = yaml.AliasEvent, yaml.DocumentStartEvent
+
+
 def _compose(
     loader: Any, path: str, max_depth: int, max_nodes: int, allow_multi: bool
 ) -> Document:
+    """Build the value of the first document from the loader's events, with its marks.
+
+    One loop over the events; the open container's state is kept in local variables (its
+    parents' on ``stack``), since this runs for every node of every file.
+    """
     marks: dict[Path, Mark] = {}
     anchors: dict[str, tuple[Any, int]] = {}
-    stack: list[_Frame] = []
+    # The open containers but the innermost: (container, is_map, loc, key, key_mark, weight,
+    # anchor), as they were when their child container opened.
+    stack: list[tuple[Any, bool, Path, str | None, Mark, int, str | None]] = []
+    depth = 0  # open containers, the innermost included
+    # The innermost open container; at depth 0 the "container" is the document itself.
+    container: Any = None
+    is_map = False
+    loc: Path = ()
+    key: str | None = None  # in a map, the key whose value comes next
+    key_mark: Mark = (0, 0)
+    weight = 1  # nodes in the container, itself and expanded aliases included
+    anchor: str | None = None
     root: Any = None
     documents = 0
     nodes = 0
+    get_event = loader.get_event
 
-    def place(value: Any, mark: Mark, weight: int) -> None:
-        nonlocal root
-        if not stack:
-            root = value
-            marks[()] = mark
-            return
-        frame = stack[-1]
-        frame.weight += weight
-        container = frame.container
-        if isinstance(container, list):
-            marks[(*frame.loc, len(container))] = mark
-            container.append(value)
-        else:
-            assert frame.key is not None
-            marks[(*frame.loc, frame.key)] = frame.key_mark
-            container[frame.key] = value
-            frame.key = None
-
-    def child_loc() -> Path:
-        if not stack:
-            return ()
-        frame = stack[-1]
-        if isinstance(frame.container, list):
-            return (*frame.loc, len(frame.container))
-        assert frame.key is not None
-        return (*frame.loc, frame.key)
-
-    def expecting_key() -> bool:
-        return bool(stack) and isinstance(stack[-1].container, dict) and stack[-1].key is None
-
-    while loader.check_event():
-        event = loader.get_event()
-        mark = (event.start_mark.line + 1, event.start_mark.column + 1)
-        kind = type(event)
-        if kind is yaml.ScalarEvent:
+    while (event := get_event()) is not None:
+        kind = event.__class__
+        if kind is _SCALAR:
             nodes += 1
-            if event.tag is not None and event.tag != "!":
-                value = _tagged(event.value, event.tag, path, mark)
-            elif event.implicit[0]:
-                value = resolve_plain(event.value)
-            else:
-                value = event.value
-            if expecting_key():
-                frame = stack[-1]
-                key = event.value
-                if key in frame.container:
-                    first = marks.get((*frame.loc, key), (None, None))
+            start = event.start_mark
+            mark = (start.line + 1, start.column + 1)
+            tag = event.tag
+            text = event.value
+            if is_map and key is None:  # a key
+                if tag is not None and tag != "!":
+                    value = _tagged(text, tag, path, mark)
+                elif not event.implicit[0]:
+                    value = text
+                elif event.anchor is not None or (text and text[0] in _NUMBER_FIRST):
+                    value = resolve_plain(text)  # (a number: int() refuses too many digits)
+                else:
+                    value = text  # a key's own value only matters to an anchor
+                if text in container:
+                    first = marks.get((*loc, text), (None, None))
                     raise _diag(
                         path, mark, "yaml.duplicate-key",
-                        f"duplicate key {key!r} (first defined on line {first[0]})",
+                        f"duplicate key {text!r} (first defined on line {first[0]})",
                         "remove or rename one of the two entries",
                     )
-                frame.key = key
-                frame.key_mark = mark
+                key = text
+                key_mark = mark
             else:
-                place(value, mark, 1)
+                if tag is not None and tag != "!":
+                    value = _tagged(text, tag, path, mark)
+                elif event.implicit[0]:
+                    # resolve_plain, inlined for the common case of a plain word
+                    value = text if text and text[0] not in _FIRST else resolve_plain(text)
+                else:
+                    value = text
+                weight += 1
+                if key is not None:  # (past a key: in a map, a key is always pending here)
+                    marks[(*loc, key)] = key_mark
+                    container[key] = value
+                    key = None
+                elif depth:
+                    marks[(*loc, len(container))] = mark
+                    container.append(value)
+                else:
+                    root = value
+                    marks[()] = mark
             if event.anchor is not None:
                 anchors[event.anchor] = (value, 1)
-        elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+        elif kind is _MAP_START or kind is _SEQ_START:
             nodes += 1
-            if expecting_key():
+            start = event.start_mark
+            mark = (start.line + 1, start.column + 1)
+            if is_map and key is None:
                 raise _diag(
                     path, mark, "yaml.complex-key", "a map or list cannot be used as a key",
                     "keys must be plain strings",
                 )
-            if len(stack) >= max_depth:
+            if depth >= max_depth:
                 raise _diag(
                     path, mark, "yaml.too-deep", f"nesting deeper than {max_depth} levels",
                     "flatten the structure",
                 )
-            loc = child_loc()
-            container: dict[str, Any] | list[Any] = {} if kind is yaml.MappingStartEvent else []
-            if stack:
-                parent = stack[-1]
-                marks.setdefault(loc, parent.key_mark if isinstance(parent.container, dict) else mark)
+            if key is not None:
+                child: Path = (*loc, key)
+                marks[child] = key_mark
+            elif depth:
+                child = (*loc, len(container))
+                marks[child] = mark
             else:
+                child = ()
                 marks[()] = mark
-            stack.append(_Frame(container, loc, event.anchor))
-            stack[-1].key_mark = mark
-        elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
-            frame = stack.pop()
-            if frame.anchor is not None:
-                anchors[frame.anchor] = (frame.container, frame.weight)
-            if stack:
-                parent = stack[-1]
-                parent.weight += frame.weight
-                if isinstance(parent.container, list):
-                    parent.container.append(frame.container)
-                else:
-                    assert parent.key is not None
-                    marks[(*parent.loc, parent.key)] = parent.key_mark
-                    parent.container[parent.key] = frame.container
-                    parent.key = None
+            stack.append((container, is_map, loc, key, key_mark, weight, anchor))
+            depth += 1
+            is_map = kind is _MAP_START
+            container = {} if is_map else []
+            loc = child
+            key = None
+            key_mark = mark
+            weight = 1
+            anchor = event.anchor
+        elif kind is _MAP_END or kind is _SEQ_END:
+            done, done_weight = container, weight
+            if anchor is not None:
+                anchors[anchor] = (done, done_weight)
+            container, is_map, loc, key, key_mark, weight, anchor = stack.pop()
+            depth -= 1
+            if is_map:  # its mark was recorded at its key when it opened
+                weight += done_weight
+                container[key] = done
+                key = None
+            elif depth:
+                weight += done_weight
+                container.append(done)
             else:
-                root = frame.container
-        elif kind is yaml.AliasEvent:
+                root = done
+        elif kind is _ALIAS:
+            start = event.start_mark
+            mark = (start.line + 1, start.column + 1)
             if event.anchor not in anchors:
                 raise _diag(
                     path, mark, "yaml.alias", f"alias *{event.anchor} refers to no finished anchor",
                     "define the anchor before using it; an anchor cannot contain itself",
                 )
-            value, weight = anchors[event.anchor]
-            nodes += weight
+            value, count = anchors[event.anchor]
+            nodes += count
             if nodes > max_nodes:
                 raise _diag(
                     path, mark, "yaml.alias-limit",
                     f"document expands to more than {max_nodes} nodes (alias expansion)",
                     "aliases that expand exponentially are refused; write the values out",
                 )
-            if expecting_key():
+            if is_map and key is None:
                 raise _diag(
                     path, mark, "yaml.complex-key", "an alias cannot be used as a key",
                     "keys must be plain strings",
                 )
-            place(value, mark, weight)
-        elif kind is yaml.DocumentStartEvent:
+            weight += count
+            if key is not None:
+                marks[(*loc, key)] = key_mark
+                container[key] = value
+                key = None
+            elif depth:
+                marks[(*loc, len(container))] = mark
+                container.append(value)
+            else:  # pragma: no cover - an alias needs an anchor, so it is never the root
+                root = value
+                marks[()] = mark
+            continue
+        elif kind is _DOC_START:
             documents += 1
             if documents > 1:
                 if allow_multi:
                     break
+                start = event.start_mark
                 raise _diag(
-                    path, mark, "yaml.multi-document",
+                    path, (start.line + 1, start.column + 1), "yaml.multi-document",
                     "file holds more than one YAML document (a `---` separator)",
                     "put each flow in its own file",
                 )
+            continue
+        else:  # stream and document ends: no node
+            continue
         if nodes > max_nodes:
             raise _diag(
                 path, mark, "yaml.too-many-nodes", f"document has more than {max_nodes} nodes",
