@@ -21,7 +21,7 @@ from typing import Any, Literal, Protocol
 from headwater.errors import Diagnostic, Severity
 from headwater.kestra_types import TypeRegistry
 from headwater.schemas import format_path
-from headwater.yamlio import Document, Path
+from headwater.yamlio import Document, Key, Path
 
 _CORE = TypeRegistry.builtin()  # structure (which task is a Dag, a Switch, …) is core knowledge
 _FLOW = "io.kestra.plugin.core.flow."
@@ -113,44 +113,49 @@ class _Task:
 # --- the walk -------------------------------------------------------------------------------
 
 
-def _tasks_in(items: Any, loc: Path) -> Iterator[_Task]:
-    """Every task in the list ``items`` and below it, depth first."""
+def _tasks_in(items: Any, loc: Path, found: list[_Task]) -> None:
+    """Append every task in the list ``items`` and below it to ``found``, depth first."""
     if not isinstance(items, list):
         return
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             continue
         here: Path = (*loc, index)
-        if "type" not in item and isinstance(item.get("task"), dict):  # a Dag entry
-            item, here = item["task"], (*here, "task")
-        elif "type" not in item and "id" not in item:
+        if "type" not in item:
+            task = item.get("task")
+            if isinstance(task, dict):  # a Dag entry
+                _task_tree(task, (*here, "task"), found)
+            elif "id" in item:
+                _task_tree(item, here, found)
             continue
-        yield from _task_tree(item, here)
+        _task_tree(item, here, found)
 
 
-def _task_tree(task: dict[str, Any], loc: Path) -> Iterator[_Task]:
+def _task_tree(task: dict[str, Any], loc: Path, found: list[_Task]) -> None:
     kind = task.get("type")
     canonical = _CORE.canonical(kind) if isinstance(kind, str) else None
-    yield _Task(loc, task, canonical)
+    found.append(_Task(loc, task, canonical))
     for key in CHILD_KEYS:
-        yield from _tasks_in(task.get(key), (*loc, key))
+        children = task.get(key)
+        if children is not None:
+            _tasks_in(children, (*loc, key), found)
     if canonical == SWITCH:
         cases = task.get("cases")
         if isinstance(cases, dict):
             for name, items in cases.items():
-                yield from _tasks_in(items, (*loc, "cases", name))
-        yield from _tasks_in(task.get("defaults"), (*loc, "defaults"))
+                _tasks_in(items, (*loc, "cases", name), found)
+        _tasks_in(task.get("defaults"), (*loc, "defaults"), found)
 
 
 def _all_tasks(flow: dict[str, Any]) -> list[_Task]:
     found: list[_Task] = []
     for key in ("tasks", "errors", "finally", "afterExecution"):
-        found.extend(_tasks_in(flow.get(key), (key,)))
+        _tasks_in(flow.get(key), (key,), found)
     listeners = flow.get("listeners")
     if isinstance(listeners, list):
         for index, listener in enumerate(listeners):
             if isinstance(listener, dict):
-                found.extend(_tasks_in(listener.get("tasks"), ("listeners", index, "tasks")))
+                _tasks_in(listener.get("tasks"), ("listeners", index, "tasks"), found)
     return found
 
 
@@ -170,27 +175,55 @@ def _conditions(items: Any, loc: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 def _type_uses(doc: Document, flow: dict[str, Any], tasks: list[_Task]) -> list[TypeUse]:
     uses: list[TypeUse] = []
-
-    def add(node: dict[str, Any], loc: Path, kind: TypeKind) -> None:
-        value = node.get("type")
-        if isinstance(value, str):
-            uses.append(TypeUse(value, kind, *doc.mark((*loc, "type"))))
-
+    mark = doc.mark
     for task in tasks:
-        add(task.value, task.loc, "task")
+        value = task.value.get("type")
+        if isinstance(value, str):
+            uses.append(TypeUse(value, "task", *mark((*task.loc, "type"))))
         runner = task.value.get("taskRunner")
         if isinstance(runner, dict):
-            add(runner, (*task.loc, "taskRunner"), "taskRunner")
+            value = runner.get("type")
+            if isinstance(value, str):
+                uses.append(TypeUse(value, "taskRunner", *mark((*task.loc, "taskRunner", "type"))))
     for key in ("triggers", "listeners"):
         items = flow.get(key)
         for index, item in enumerate(items if isinstance(items, list) else ()):
             if not isinstance(item, dict):
                 continue
             if key == "triggers":
-                add(item, (key, index), "trigger")
+                value = item.get("type")
+                if isinstance(value, str):
+                    uses.append(TypeUse(value, "trigger", *mark((key, index, "type"))))
             for loc, condition in _conditions(item.get("conditions"), (key, index, "conditions")):
-                add(condition, loc, "condition")
+                value = condition.get("type")
+                if isinstance(value, str):
+                    uses.append(TypeUse(value, "condition", *mark((*loc, "type"))))
     return uses
+
+
+@dataclass(frozen=True)
+class _Walk:
+    """What both ``check_flow`` and ``flow_references`` need of a flow, found once."""
+
+    tasks: list[_Task]
+    types: list[TypeUse]
+    plugin_defaults: list[PluginDefault]
+
+
+# The walk of the last flow seen: ``flow_references`` follows ``check_flow`` on each flow of a
+# batch (flowbatch), so each flow is walked once. Holding the Document keeps its id unique.
+_last: tuple[Document, _Walk] | None = None
+
+
+def _walk(doc: Document, flow: dict[str, Any]) -> _Walk:
+    global _last
+    last = _last
+    if last is not None and last[0] is doc and last[0].value is flow:
+        return last[1]
+    tasks = _all_tasks(flow)
+    walk = _Walk(tasks, _type_uses(doc, flow, tasks), _plugin_defaults(doc, flow))
+    _last = (doc, walk)
+    return walk
 
 
 # --- the rules ------------------------------------------------------------------------------
@@ -210,9 +243,9 @@ def check_flow(doc: Document, registry: TypeRegistry) -> list[Diagnostic]:
     def where(loc: Path) -> str:
         return f"{doc.path}:{doc.line(loc)}"
 
-    tasks = _all_tasks(flow)
+    walk = _walk(doc, flow)
     seen: dict[str, Path] = {}
-    for task in tasks:
+    for task in walk.tasks:
         task_id = task.value.get("id")
         if isinstance(task_id, str):
             first = seen.setdefault(task_id, task.loc)
@@ -229,7 +262,7 @@ def check_flow(doc: Document, registry: TypeRegistry) -> list[Diagnostic]:
     _check_inputs(flow.get("inputs"), report)
     _check_labels(flow.get("labels"), report)
 
-    for use in _type_uses(doc, flow, tasks):
+    for use in walk.types:
         if registry.is_core_namespace(use.type) and not registry.is_known(use.type):
             suggestion = registry.suggest(use.type)
             out.append(Diagnostic(
@@ -239,7 +272,7 @@ def check_flow(doc: Document, registry: TypeRegistry) -> list[Diagnostic]:
                 "check the spelling; if your Kestra version has this type, declare it "
                 "with --extra-types",
             ))
-    for entry in _plugin_defaults(doc, flow):
+    for entry in walk.plugin_defaults:
         if registry.is_core_namespace(entry.type) and not registry.is_prefix(entry.type):
             suggestion = registry.suggest(entry.type)
             out.append(Diagnostic(
@@ -387,17 +420,36 @@ _NSFILE = re.compile(r"""nsfile://([^/\s'"{}]*)(/[^\s'"{}]*)""")
 _SECRET = re.compile(r"""\bsecret\s*\(\s*(['"])([^'"]+)\1""")
 
 
-def _strings(value: Any, loc: Path) -> Iterator[tuple[Path, str]]:
-    if isinstance(value, str):
-        yield loc, value
-    elif isinstance(value, dict):
+def _mentions(text: str) -> bool:
+    return "read" in text or "nsfile:" in text or "secret" in text
+
+
+def _strings(value: Any, loc: list[Key], found: list[tuple[Path, str]]) -> None:
+    """Append to ``found`` every string below ``value`` (at ``loc``, a path reused as a stack)
+    that may name a file or a secret, with its location, depth first: values, and keys with a
+    call or a URI in them, each key before its value."""
+    if isinstance(value, dict):
         for key, item in value.items():
-            if "(" in key or "nsfile:" in key:
-                yield (*loc, key), key
-            yield from _strings(item, (*loc, key))
+            if ("(" in key or "nsfile:" in key) and _mentions(key):
+                found.append(((*loc, key), key))
+            if isinstance(item, str):
+                if "read" in item or "nsfile:" in item or "secret" in item:
+                    found.append(((*loc, key), item))
+            elif isinstance(item, (dict, list)):
+                loc.append(key)
+                _strings(item, loc, found)
+                loc.pop()
     elif isinstance(value, list):
         for index, item in enumerate(value):
-            yield from _strings(item, (*loc, index))
+            if isinstance(item, str):
+                if "read" in item or "nsfile:" in item or "secret" in item:
+                    found.append(((*loc, index), item))
+            elif isinstance(item, (dict, list)):
+                loc.append(index)
+                _strings(item, loc, found)
+                loc.pop()
+    elif isinstance(value, str) and _mentions(value):
+        found.append((tuple(loc), value))
 
 
 def _file_refs(text: str, mark: tuple[int | None, int | None]) -> Iterator[FileRef]:
@@ -437,16 +489,16 @@ def flow_references(doc: Document) -> FlowReferences:
         return FlowReferences()
     files: list[FileRef] = []
     secrets: list[SecretRef] = []
-    for loc, text in _strings(flow, ()):
-        if "read" not in text and "nsfile:" not in text and "secret" not in text:
-            continue
+    candidates: list[tuple[Path, str]] = []
+    _strings(flow, [], candidates)
+    for loc, text in candidates:
         mark = doc.mark(loc)
         files.extend(_file_refs(text, mark))
         if "secret" in text:
             secrets.extend(SecretRef(m.group(2), *mark) for m in _SECRET.finditer(text))
-    tasks = _all_tasks(flow)
+    walk = _walk(doc, flow)
     subflows = []
-    for task in tasks:
+    for task in walk.tasks:
         namespace, flow_id = task.value.get("namespace"), task.value.get("flowId")
         if task.canonical in SUBFLOW_TYPES and isinstance(namespace, str) and isinstance(flow_id, str):
             task_id = task.value.get("id")
@@ -457,5 +509,5 @@ def flow_references(doc: Document) -> FlowReferences:
             ))
     return FlowReferences(
         tuple(files), tuple(secrets), tuple(subflows),
-        tuple(_type_uses(doc, flow, tasks)), tuple(_plugin_defaults(doc, flow)),
+        tuple(walk.types), tuple(walk.plugin_defaults),
     )
