@@ -28,8 +28,11 @@ def test_parallel_results_equal_sequential(sample: Path, monkeypatch: pytest.Mon
         monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
         monkeypatch.setenv("HEADWATER_WORKERS", "2")
         parallel = flowbatch.validate_many(repo, items, registry, [])
+        monkeypatch.setattr(flowbatch, "CHUNK", 1)  # one flow per chunk: shared out one by one
+        chunked = flowbatch.validate_many(repo, items, registry, [])
+    assert len(items) > 3
     assert parallel.keys() == sequential.keys() == {item[1] for item in items}
-    assert parallel == sequential
+    assert parallel == sequential == chunked
     assert any(diags for diags, _refs in parallel.values())  # the bad flow is reported by either path
 
 

@@ -27,26 +27,33 @@ Item = tuple[str, str, str, str]  # blob id, path, expected flow id, expected na
 Result = tuple[list[Diagnostic], FlowReferences | None]
 
 PARALLEL_MIN = 1500  # below this, starting a process costs more than it saves
+CHUNK = 250  # flows per piece of work: small enough to even out, large enough to batch reads
 
 
 def validate_many(
     repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str]
 ) -> dict[str, Result]:
-    """Validation result of every item, by path."""
+    """Validation result of every item, by path.
+
+    The items are cut into chunks, all queued for the workers; this process takes chunks from
+    the far end of the queue (those no worker has started), so the work splits evenly however
+    long the workers take to start.
+    """
     workers = _workers() if len(items) >= PARALLEL_MIN else 0
     if workers <= 0:
         return _validate(repo, items, registry)
-    # This process starts at once, the workers only after importing: give it a larger share.
-    own = len(items) * 6 // (5 * (workers + 1))
-    mine, rest = items[:own], items[own:]
-    size = -(-len(rest) // workers)
-    chunks = [rest[i : i + size] for i in range(0, len(rest), size)]
+    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     try:
-        with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("spawn")) as pool:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_worker, str(repo.git_dir), list(extra_types), list(c)) for c in chunks]
-            results = _validate(repo, mine, registry)
+            results: dict[str, Result] = {}
+            for chunk, future in zip(reversed(chunks), reversed(futures), strict=True):
+                if not future.cancel():
+                    break  # a worker has it, and every chunk before it
+                results.update(_validate(repo, chunk, registry))
             for future in futures:
-                results.update(future.result())
+                if not future.cancelled():
+                    results.update(future.result())
         return results
     except (BrokenProcessPool, OSError) as exc:  # no processes here: do it all in this one
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
@@ -73,6 +80,17 @@ def _validate(repo: GitRepo, items: Sequence[Item], registry: TypeRegistry) -> d
     return results
 
 
+# A worker process keeps its repository (and its ``git cat-file``) and its type registry
+# from one chunk to the next.
+_WORKER_STATE: dict[tuple[str, tuple[str, ...]], tuple[GitRepo, TypeRegistry]] = {}
+
+
 def _worker(git_dir: str, extra_types: list[str], items: list[Item]) -> dict[str, Result]:
-    with GitRepo(git_dir) as repo:
-        return _validate(repo, items, TypeRegistry.builtin(extra_types))
+    key = (git_dir, tuple(extra_types))
+    state = _WORKER_STATE.get(key)
+    if state is None:
+        for repo, _registry in _WORKER_STATE.values():
+            repo.close()
+        _WORKER_STATE.clear()
+        state = _WORKER_STATE[key] = (GitRepo(git_dir), TypeRegistry.builtin(extra_types))
+    return _validate(state[0], items, state[1])
