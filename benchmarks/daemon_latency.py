@@ -395,6 +395,16 @@ class DaemonProcess:
         self.log.poll()
         return [e for e in self.log.events if e.get("event") == "sync"]
 
+    def first_sync(self, timeout: float) -> dict[str, Any]:
+        """The first sync logged; /readyz answers once a sync has its verdict, a moment before
+        the sync is logged."""
+        deadline = time.monotonic() + timeout
+        while not self.syncs():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no sync logged by the {self.name} daemon within {timeout:g}s")
+            time.sleep(0.002)
+        return self.syncs()[0]
+
     def cpu_seconds(self) -> float:
         """User + system time of the daemon and of the children it waited for (git)."""
         assert self.proc is not None
@@ -527,7 +537,7 @@ def phase_webhook(daemon: DaemonProcess, probe: Probe, args: argparse.Namespace,
         f"load {load()}")
     results["load_cold_start"] = load()
     results["cold_start_seconds"] = daemon.start(args.cold_timeout, progress=args.progress)
-    first = daemon.syncs()[0]
+    first = daemon.first_sync(args.timeout)
     results["cold_sync"] = {k: first.get(k) for k in COLD_KEYS}
     results["cold_sync"]["began_seconds"] = daemon.began(first)
     results["memory_cold_start"] = daemon.memory()
@@ -573,7 +583,7 @@ def restart_measure(daemon: DaemonProcess, sha: str, probe: Probe, args: argpars
                     results: dict[str, Any]) -> None:
     results["load_restart"] = load()
     ready = daemon.start(args.cold_timeout, progress=args.progress)
-    first = daemon.syncs()[0]
+    first = daemon.first_sync(args.timeout)
     if first.get("revision") != sha or first.get("result") != "applied":
         raise RuntimeError(f"the first sync after the restart was not the new commit: {first.get('msg')}")
 
@@ -790,7 +800,7 @@ def main(argv: list[str] | None = None) -> int:
                 phase_webhook(first_daemon, probe, args, results)
             else:
                 results["cold_start_seconds"] = first_daemon.start(args.cold_timeout, args.progress)
-                first = first_daemon.syncs()[0]
+                first = first_daemon.first_sync(args.timeout)
                 results["cold_sync"] = {k: first.get(k) for k in COLD_KEYS}
                 results["cold_sync"]["began_seconds"] = first_daemon.began(first)
             if "restart" in phases:

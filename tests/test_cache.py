@@ -115,6 +115,17 @@ def test_reference_checks_of_a_checked_commit_come_from_the_cache(
         commit(sample, "another", {"README.md": "a commit of its own\n"})
         assert report(sample, cache) == plain  # another commit is checked afresh
         assert len(ran) == 2 * first
+        # a commit reached by an incremental update is remembered too, checks as it found them
+        with GitRepo(sample) as repo:
+            old = snapshot.load(repo, "HEAD", cache=cache)
+            old.report(sorted(old.instances))
+            edited = commit(sample, "edit", {"tenants/acme/company/team/flows/ingest.yaml": subflow + "# x\n"})
+            update = snapshot.update(old, repo, edited, cache=cache)
+            assert update is not None
+            incremental = [(d.path, d.line, d.code, d.message) for d in update.snapshot.report(sorted(old.instances))]
+        before = len(ran)
+        assert report(sample, cache, edited) == incremental == plain
+        assert len(ran) == before
 
 
 @pytest.mark.parametrize("change", ["edit", "revert", "rename"])

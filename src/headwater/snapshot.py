@@ -379,7 +379,7 @@ def _check_all(snap: Snapshot, view: InstanceView) -> None:
         for key in keys:
             _check(snap, view, key)
         return
-    ckey = cache_key("checks", snap.revision, view.spec.name, snap.registry.fingerprint, model_fingerprint())
+    ckey = _checks_key(snap, view)
     found = snap.cache.get_many([ckey]).get(ckey)
     if isinstance(found, tuple) and len(found) == 2 and found[0] == len(keys):
         by_ns: dict[NsKey, list[Diagnostic]] = found[1]
@@ -388,8 +388,21 @@ def _check_all(snap: Snapshot, view: InstanceView) -> None:
         return
     for key in keys:
         _check(snap, view, key)
-    found_diags = {key: view.parts[("check", *key)] for key in keys if view.parts[("check", *key)]}
-    snap.cache.put_many({ckey: (len(keys), found_diags)})
+    _remember_checks(snap, view)
+
+
+def _checks_key(snap: Snapshot, view: InstanceView) -> str:
+    return cache_key("checks", snap.revision, view.spec.name, snap.registry.fingerprint, model_fingerprint())
+
+
+def _remember_checks(snap: Snapshot, view: InstanceView) -> None:
+    """Cache the reference checks of ``view`` for its commit (see ``_check_all``)."""
+    if snap.cache is not None:
+        found = {
+            (k[1], k[2]): diags for k, diags in view.parts.items()
+            if isinstance(k, tuple) and k[0] == "check" and diags
+        }
+        snap.cache.put_many({_checks_key(snap, view): (len(view.namespaces), found)})
 
 
 def _depth_order(name: str) -> tuple[int, str]:
@@ -529,6 +542,7 @@ def update(
     for name, view in old._views.items():
         spec = snap.instances[name]
         snap._views[name], result.remerged[name], result.touched[name] = _update_view(snap, spec, view, changed)
+        _remember_checks(snap, snap._views[name])  # a restart on this commit then skips them
     return result
 
 
