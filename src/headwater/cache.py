@@ -16,7 +16,7 @@ import os
 import pickle
 import sqlite3
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -126,29 +126,36 @@ class ResultCache:
         self.close()
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
-        wanted = list(keys)
+        return self._read("entries", "key, checksum, payload", list(keys), lambda r: _decode(r[1], r[2]))
+
+    def _read(
+        self, table: str, columns: str, wanted: list[str], decode: Callable[[tuple[Any, ...]], Any]
+    ) -> dict[str, Any]:
+        """The rows of ``table`` whose first column (of ``columns``) is among ``wanted``, each
+        through ``decode``; a row it finds torn (``_TORN``) is deleted, to be computed again."""
         found: dict[str, Any] = {}
         with self._lock:
             if self._db is None:
                 self.misses += len(wanted)
                 return found
+            key = columns.split(",")[0]
             torn: list[str] = []
             try:
                 for start in range(0, len(wanted), _CHUNK):
                     chunk = wanted[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
                     rows = self._db.execute(
-                        f"SELECT key, checksum, payload FROM entries WHERE key IN ({marks})", chunk
+                        f"SELECT {columns} FROM {table} WHERE {key} IN ({marks})", chunk
                     ).fetchall()
-                    for key, checksum, payload in rows:
-                        value = _decode(checksum, payload)
+                    for row in rows:
+                        value = decode(row)
                         if value is _TORN:
-                            torn.append(key)
+                            torn.append(row[0])
                         else:
-                            found[key] = value
+                            found[row[0]] = value
                 if torn:
                     self.dropped += len(torn)
-                    self._db.executemany("DELETE FROM entries WHERE key = ?", [(k,) for k in torn])
+                    self._db.executemany(f"DELETE FROM {table} WHERE {key} = ?", [(k,) for k in torn])
                     self._db.commit()
             except sqlite3.Error as exc:
                 self._disable(exc)
@@ -176,35 +183,7 @@ class ResultCache:
 
     def blob_hashes(self, oids: Iterable[str]) -> dict[str, tuple[str, bool]]:
         """The remembered ``(sha256 digest, binary)`` of the blobs among ``oids``."""
-        wanted = list(oids)
-        found: dict[str, tuple[str, bool]] = {}
-        with self._lock:
-            if self._db is None:
-                self.misses += len(wanted)
-                return found
-            torn: list[str] = []
-            try:
-                for start in range(0, len(wanted), _CHUNK):
-                    chunk = wanted[start : start + _CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    rows = self._db.execute(
-                        "SELECT oid, digest, binary, checksum FROM blob_hashes"
-                        f" WHERE oid IN ({marks})", chunk
-                    ).fetchall()
-                    for oid, digest, binary, checksum in rows:
-                        if isinstance(digest, str) and checksum == _blob_check(oid, digest, binary):
-                            found[oid] = (digest, bool(binary))
-                        else:
-                            torn.append(oid)
-                if torn:
-                    self.dropped += len(torn)
-                    self._db.executemany("DELETE FROM blob_hashes WHERE oid = ?", [(k,) for k in torn])
-                    self._db.commit()
-            except sqlite3.Error as exc:
-                self._disable(exc)
-        self.hits += len(found)
-        self.misses += len(wanted) - len(found)
-        return found
+        return self._read("blob_hashes", "oid, digest, binary, checksum", list(oids), _decode_blob)
 
     def put_blob_hashes(self, items: Mapping[str, tuple[str, bool]]) -> None:
         if not items:
@@ -243,6 +222,13 @@ def _decode(checksum: str, payload: bytes) -> Any:
         return pickle.loads(payload)
     except Exception:  # a torn or foreign entry; recomputed by the caller
         return _TORN
+
+
+def _decode_blob(row: tuple[Any, ...]) -> Any:
+    oid, digest, binary, checksum = row
+    if isinstance(digest, str) and checksum == _blob_check(oid, digest, binary):
+        return digest, bool(binary)
+    return _TORN
 
 
 def _blob_check(oid: object, digest: object, binary: object) -> str:

@@ -195,18 +195,6 @@ class Engine:
         base: Desired | None,
         in_place: bool = False,
     ) -> Desired:
-        with lookup_scope(self.provider):
-            return self._build_desired(snap, view, namespaces, content, base, in_place)
-
-    def _build_desired(
-        self,
-        snap: snapshot.Snapshot,
-        view: snapshot.InstanceView,
-        namespaces: list[NsKey],
-        content: bool,
-        base: Desired | None,
-        in_place: bool,
-    ) -> Desired:
         views = [view.namespaces[k] for k in namespaces if k in view.namespaces]
         oids = {info.entry.oid for ns in views for info in ns.flows.values()}
         oids |= {entry.oid for ns in views for (_o, entry) in ns.files.values()}
@@ -245,34 +233,35 @@ class Engine:
             state[res.key] = res
             here.append(res.key)
 
-        for ns in views:
-            tenant, name = ns.tenant, ns.name
-            here: list[ResourceKey] = []
-            config = dict(ns.effective.config)
-            data = canonical_json(config)
-            key = ResourceKey(tenant, name, "config", "config")
-            add(here, Resource(key, content_hash(data), data, False, ns_source(snap, tenant, name)))
-            for kv_name, value in (config.get("kv") or {}).items():
-                data = kv_json(value)
-                key = ResourceKey(tenant, name, "kv", str(kv_name))
-                add(here, Resource(key, content_hash(data), data, False, f"kv {kv_name}"))
-            for secret in sorted(config.get("secrets") or {}):
-                key = ResourceKey(tenant, name, "secret", secret)
-                value = self.provider.get(tenant, name, secret)
-                if value is None:
-                    missing.append(key)  # declared but without a value: reported, not written
-                    continue
-                secret_values.setdefault((tenant, name), {})[secret] = value
-                add(here, Resource(key, secret_hash(self.hash_key, value), None, False, f"secret {secret}"))
-            for rel, (_origin, entry) in ns.files.items():
-                key = ResourceKey(tenant, name, "file", rel)
-                add(here, blob_resource(key, entry.oid, entry.path))
-            for fid, info in ns.flows.items():
-                key = ResourceKey(tenant, name, "flow", fid)
-                add(here, blob_resource(key, info.entry.oid, info.entry.path))
-                if info.refs is not None:
-                    calls[key] = _callees(tenant, info.refs)
-            ns_keys[(tenant, name)] = tuple(here)
+        with lookup_scope(self.provider):  # one listing per secret folder
+            for ns in views:
+                tenant, name = ns.tenant, ns.name
+                here: list[ResourceKey] = []
+                config = dict(ns.effective.config)
+                data = canonical_json(config)
+                key = ResourceKey(tenant, name, "config", "config")
+                add(here, Resource(key, content_hash(data), data, False, ns_source(snap, tenant, name)))
+                for kv_name, value in (config.get("kv") or {}).items():
+                    data = kv_json(value)
+                    key = ResourceKey(tenant, name, "kv", str(kv_name))
+                    add(here, Resource(key, content_hash(data), data, False, f"kv {kv_name}"))
+                for secret in sorted(config.get("secrets") or {}):
+                    key = ResourceKey(tenant, name, "secret", secret)
+                    value = self.provider.get(tenant, name, secret)
+                    if value is None:
+                        missing.append(key)  # declared but without a value: reported, not written
+                        continue
+                    secret_values.setdefault((tenant, name), {})[secret] = value
+                    add(here, Resource(key, secret_hash(self.hash_key, value), None, False, f"secret {secret}"))
+                for rel, (_origin, entry) in ns.files.items():
+                    key = ResourceKey(tenant, name, "file", rel)
+                    add(here, blob_resource(key, entry.oid, entry.path))
+                for fid, info in ns.flows.items():
+                    key = ResourceKey(tenant, name, "flow", fid)
+                    add(here, blob_resource(key, info.entry.oid, info.entry.path))
+                    if info.refs is not None:
+                        calls[key] = _callees(tenant, info.refs)
+                ns_keys[(tenant, name)] = tuple(here)
         return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources, ns_keys)
 
     def _blob_hashes(self, oids: set[str]) -> dict[str, tuple[str, bool]]:
