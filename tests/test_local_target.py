@@ -1005,6 +1005,21 @@ def test_applying_one_namespace_creates_the_links_of_its_tenant_only(
     assert target.revisions() == ["r3", "r2"]
 
 
+def test_spaces_written_without_their_own_link_get_one_when_an_index_needs_it(root: Path) -> None:
+    target = LocalTarget(root, keep=2, durable=False)
+    target.apply("r1", wide(1), {})
+    for link in (root / "spaces").glob("*/link"):
+        link.unlink()  # as an instance written before spaces had their own link
+    target.apply_namespaces("r2", "r1", by_namespace(wide(2), ("acme", "team3")), {})
+    index = root / "indexes" / index_of(root, "r2", "acme")
+    entries = list(index.iterdir())
+    assert entries
+    for entry in entries:
+        own = root / "spaces" / space_of(root, "r2", "acme", entry.name) / "link"
+        assert os.path.samestat(entry.lstat(), own.lstat())
+    assert hashes(target.inventory()) == hashes(wide(2))
+
+
 def test_indexes_no_revision_uses_are_collected(root: Path) -> None:
     target = LocalTarget(root, keep=1, durable=False)
     target.apply("r1", wide(1), {})

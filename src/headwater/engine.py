@@ -477,8 +477,9 @@ class Engine:
         if resident.known is None:
             return
         view = resident.snapshot.view(instance)
-        wanted = sorted(ns for ns in set(namespaces) - resident.known if ns in view.namespaces)
-        resident.known.update(namespaces)
+        asked = set(namespaces)
+        wanted = sorted(ns for ns in asked - resident.known if ns in view.namespaces)
+        resident.known |= asked
         if not wanted:
             return
         self._desired(resident.snapshot, view, wanted, False, resident.desired, in_place=True)

@@ -510,6 +510,7 @@ class LocalTarget:
         for build, folder in written:
             w = build.wanted
             sid = self._free_id(self.spaces_dir, w.digest[:32])
+            os.symlink(_SPACE_LINK.format(sid), folder / _SPACE_LINK_NAME)  # see _link_space
             os.rename(folder, self.spaces_dir / sid)
             spaces[(w.tenant, w.namespace)] = (sid, w.digest)
         indexes = self._write_indexes(spaces, indexes)
@@ -545,8 +546,9 @@ class LocalTarget:
 
     def _link_space(self, sid: str, dest: str) -> None:
         """Make ``dest`` (indexes/<iid>/<namespace>) a link to space ``sid``'s tree: a hard
-        link of the space's own link, which is made first (complete, then renamed into place)
-        when the space has none yet; a symbolic link of its own where hard links fail."""
+        link of the space's own link (made with the space; for a space written before spaces
+        had one, made now, complete, then renamed into place); a symbolic link of its own
+        where hard links fail."""
         master = f"{self.spaces_dir}/{sid}/{_SPACE_LINK_NAME}"
         target = _SPACE_LINK.format(sid)
         for attempt in range(2):
