@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from headwater import heap, snapshot
 from headwater import plan as planning
-from headwater import snapshot
 from headwater.cache import ResultCache
 from headwater.errors import (
     ContentMissing,
@@ -298,6 +298,7 @@ class Engine:
 
     # -- plan ------------------------------------------------------------------------------
 
+    @heap.paused()
     def plan(self, instance: str, rev: str) -> PlanResult:
         """What applying ``rev`` to the instance would change, drift included."""
         snap = self.valid_snapshot(rev, instance)
@@ -314,6 +315,7 @@ class Engine:
         )
         return PlanResult(result, desired, snap)
 
+    @heap.paused()
     def compare(self, instance: str, base: str, head: str) -> PlanResult:
         """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed."""
         head_snap = self.valid_snapshot(head, instance)
@@ -333,6 +335,7 @@ class Engine:
 
     # -- apply -----------------------------------------------------------------------------
 
+    @heap.paused()
     def apply(
         self,
         instance: str,
@@ -356,7 +359,7 @@ class Engine:
             done = self._apply_changes(instance, rev, trigger, allow_mass_delete, confirm)
             if done is not None:
                 return done
-        self._resident.pop(instance, None)
+        self.forget(instance)
         snap = self.valid_snapshot(rev, instance, record=True)
         spec = snap.instances[instance]
         bare = desired = self.desired(snap, instance, content=False)
@@ -496,6 +499,7 @@ class Engine:
             result[k] = res if oid is None else Resource(k, res.hash, blobs[oid], res.binary, res.source)
         return result
 
+    @heap.paused()
     def prime(self, instance: str) -> bool:
         """Take what the instance holds as the starting point of incremental applies, without
         an apply: the daemon calls this when it starts on an instance that is up to date, so
@@ -530,6 +534,7 @@ class Engine:
         """Make the next apply of ``instance`` a full one (reads the target back, rereads
         every secret value): the daemon calls this with its periodic drift check."""
         self._resident.pop(instance, None)
+        heap.release()  # what it held is garbage now, cycles included
 
     def _guard(
         self,
@@ -559,7 +564,7 @@ class Engine:
         try:
             write()
         except BaseException as exc:
-            self._resident.pop(instance, None)
+            self.forget(instance)
             if target.current_revision() == revision:
                 # Interrupted after the atomic swap: the apply took effect; record it as such.
                 self.reconcile(instance)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pathspec
 
-from headwater import inherit, layout, schemas, yamlio
+from headwater import heap, inherit, layout, schemas, yamlio
 from headwater.cache import ResultCache, model_fingerprint
 from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic
@@ -126,7 +126,8 @@ class Snapshot:
     def view(self, instance: str) -> InstanceView:
         cached = self._views.get(instance)
         if cached is None:
-            cached = self._views[instance] = _build_view(self, self.instances[instance])
+            with heap.paused():
+                cached = self._views[instance] = _build_view(self, self.instances[instance])
         return cached
 
     def path_index(self) -> dict[str, tuple[str, str, str, str]]:
@@ -211,6 +212,7 @@ def _parse_config(data: bytes, path: str, oid: str, schema: str) -> tuple[yamlio
 # -- loading ---------------------------------------------------------------------------------
 
 
+@heap.paused()
 def load(
     repo: GitRepo, rev: str, *, extra_types: Iterable[str] = (), cache: ResultCache | None = None
 ) -> Snapshot:

@@ -25,7 +25,6 @@ No secret value is ever passed to this module: inventories hold keyed hashes for
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import os
 import secrets
@@ -39,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from headwater import heap
 from headwater.errors import StateError
 from headwater.resources import ResourceKey
 
@@ -121,21 +121,6 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a large inventory is built: its hundreds of
-    thousands of new objects make it run over and over, for nothing (a third of the time).
-    The switch is process-wide: other threads only do without it for that while."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @dataclass(frozen=True)
@@ -358,7 +343,7 @@ class StateStore:
             "SELECT tenant, namespace, kind, name, hash FROM inventory WHERE instance = ?",
             (instance,),
         )
-        with _gc_paused():
+        with heap.paused():
             return {ResourceKey(t, n, k, name): h for t, n, k, name, h in rows}
 
     def history(self, instance: str, limit: int = 50) -> list[HistoryEntry]:

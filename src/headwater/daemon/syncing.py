@@ -13,6 +13,7 @@ import time
 from logging import DEBUG, INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
+from headwater import heap
 from headwater.daemon import upstream
 from headwater.daemon.runtime import (
     NO_VERDICT,
@@ -50,10 +51,14 @@ def load_instance(d: Daemon, rt: InstanceRuntime) -> None:
 
 
 def sync(d: Daemon, rt: InstanceRuntime, reason: str) -> None:
-    started = time.monotonic()
-    result = attempt(d, rt, reason)
-    duration = time.monotonic() - started
     assert d.engine is not None
+    started = time.monotonic()
+    was_primed = d.engine.primed(rt.name)
+    with heap.paused():
+        result = attempt(d, rt, reason)
+        if d.engine.primed(rt.name) and (not was_primed or (result.outcome == "applied" and not result.incremental)):
+            heap.settle()  # the engine keeps a newly built commit: spare it later collections
+    duration = time.monotonic() - started
     target_revision = d.engine.target(rt.name).current_revision()
     with d.mu:
         repeated = (result.outcome, result.error) == (rt.outcome, rt.error)

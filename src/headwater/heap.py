@@ -1,0 +1,51 @@
+"""The cyclic garbage collector around the large, long-lived structures Headwater builds.
+
+A loaded commit of a large repository is millions of small objects (1.8 million for 50,000
+flows) that live until a later commit replaces them, and that form hardly any reference
+cycles: reference counting frees them. The cyclic collector nevertheless traverses them: many
+times while they are built (more than half the time of loading such a commit), and then at
+every full collection for as long as they live (1.3 s each on that commit).
+
+So the collector is paused while such structures are built (``paused``), and a long-running
+process moves what it keeps out of the collector's reach once it is built (``settle``), and
+gives it back just before replacing it (``release``), so that any cycle among it is still
+collected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """No cyclic collection while the block runs; the objects it leaves are collected as
+    usual afterwards. The switch is process-wide: other threads do without it meanwhile.
+    Nested blocks are fine: the outermost one re-enables the collector."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def settle() -> None:
+    """Exempt every object alive now from later collections (``gc.freeze``): for a
+    long-running process that just built the state it keeps. Called inside ``paused``, it
+    also spares them the collection that would otherwise follow it (a young collection of
+    everything the block allocated: 0.9 s for that commit). Cycles among them are collected
+    at the next ``release``."""
+    gc.freeze()
+
+
+def release() -> None:
+    """Give back to the collector what ``settle`` exempted, and collect: called when state
+    built earlier is being dropped, to be rebuilt. Nothing to do when nothing was settled."""
+    if gc.get_freeze_count():
+        gc.unfreeze()
+        gc.collect()

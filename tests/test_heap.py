@@ -1,0 +1,93 @@
+"""The cyclic collector's pause, settle and release around large structures."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from headwater import heap
+
+
+@pytest.fixture(autouse=True)
+def collector() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.enable()
+    yield
+    gc.unfreeze()
+    if was:
+        gc.enable()
+    else:  # pragma: no cover
+        gc.disable()
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def cycle() -> weakref.ref[Node]:
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    return weakref.ref(a)
+
+
+def test_paused_switches_the_collector_off_and_back_on_nested() -> None:
+    with heap.paused():
+        assert not gc.isenabled()
+        with heap.paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()  # the inner block does not switch it back on
+    assert gc.isenabled()
+
+
+def test_paused_switches_it_back_on_after_an_error() -> None:
+    with pytest.raises(RuntimeError), heap.paused():
+        raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_paused_leaves_a_disabled_collector_disabled() -> None:
+    gc.disable()
+    with heap.paused():
+        pass
+    assert not gc.isenabled()
+
+
+def test_paused_as_a_decorator() -> None:
+    @heap.paused()
+    def build() -> bool:
+        return gc.isenabled()
+
+    assert build() is False
+    assert gc.isenabled()
+
+
+def test_a_cycle_made_while_paused_is_collected_afterwards() -> None:
+    with heap.paused():
+        ref = cycle()
+        gc.collect()  # an explicit collection still works
+    assert ref() is None
+
+
+def test_settled_cycles_survive_collections_until_released() -> None:
+    with heap.paused():  # no collection may come between
+        ref = cycle()
+        heap.settle()
+    assert gc.get_freeze_count() > 0
+    gc.collect()
+    assert ref() is not None  # exempt: the collector does not look at it
+    heap.release()
+    assert gc.get_freeze_count() == 0
+    assert ref() is None  # given back and collected
+
+
+def test_release_without_settle_does_nothing() -> None:
+    with heap.paused():  # no collection may come between
+        ref = cycle()
+        heap.release()
+        assert ref() is not None  # no collection was forced
+    gc.collect()
+    assert ref() is None
