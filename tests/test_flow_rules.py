@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from textwrap import dedent
 from typing import Any
 
@@ -527,3 +528,27 @@ def test_references_of_a_flow_without_any() -> None:
     refs = flow_references(doc(HEAD + "tasks:\n" + log("a")))
     assert (refs.files, refs.secrets, refs.subflows, refs.plugin_defaults) == ((), (), (), ())
     assert [t.type for t in refs.types] == ["io.kestra.plugin.core.log.Log"]
+
+
+def test_references_survive_pickling_as_the_same_records() -> None:
+    """The result cache and the validation workers pickle references in a compact form."""
+    text = HEAD + dedent("""\
+        tasks:
+          - id: a
+            type: io.kestra.plugin.core.log.Log
+            message: "{{ read('a.sql') }} {{ secret('TOKEN') }}"
+          - id: b
+            type: io.kestra.plugin.core.flow.Subflow
+            namespace: company.team
+            flowId: ingest
+        pluginDefaults:
+          - {type: io.kestra.plugin.core.log.Log, values: {level: WARN}}
+        """)
+    refs = flow_references(doc(text))
+    again = pickle.loads(pickle.dumps(refs, protocol=pickle.HIGHEST_PROTOCOL))
+    assert again == refs
+    assert all(len(part) for part in (again.files, again.secrets, again.subflows, again.types))
+    assert (type(again.files[0]), type(again.secrets[0]), type(again.subflows[0]), type(again.types[0])) == (
+        FileRef, SecretRef, FlowTarget, TypeUse,
+    )
+    assert again.subflows[0].flow_id == "ingest" and dict(again.plugin_defaults[0].values) == {"level": "WARN"}
