@@ -70,6 +70,11 @@ def test_nested_and_dotted_namespaces() -> None:
         (["tenants/acme/a/files/X.sql", "tenants/acme/a/files/x.sql"], "layout.case-collision"),
         (["tenants/acme/a/files/../../../etc/passwd"], "layout.bad-path"),
         (["tenants/acme/a//files/x"], "layout.bad-path"),
+        (["tenants/acme/a/./files/x"], "layout.bad-path"),
+        (["tenants/acme/a/files/x/.."], "layout.bad-path"),
+        (["tenants/acme/a/files/x\\y"], "layout.bad-path"),
+        (["tenants/acme/a/files/x\0y"], "layout.bad-path"),
+        (["tenants/acme/a/files/"], "layout.bad-path"),
     ],
 )
 def test_layout_errors(paths: list[str], code: str) -> None:
@@ -113,3 +118,17 @@ def test_ignore_function_excludes_paths() -> None:
 def test_case_collision_is_per_namespace() -> None:
     tree = build("tenants/acme/a/files/X.sql", "tenants/acme/b/files/x.sql")
     assert codes(tree) == []
+
+
+def test_dotted_names_that_are_plain_segments_are_kept() -> None:
+    tree = build("tenants/acme/a/files/.env", "tenants/acme/a/files/.../x..y", "tenants/acme/a/files/..z")
+    assert tree.diagnostics == []
+    assert sorted(tree.tenants["acme"].namespaces["a"].files) == [".../x..y", ".env", "..z"]
+
+
+def test_a_bad_folder_is_reported_once_for_all_its_files() -> None:
+    tree = build(*(f"tenants/acme/Bad/flows/f{i}.yaml" for i in range(3)), "tenants/acme/Bad/files/x.sql",
+                 "tenants/acme/ok/flows/g.yaml")
+    assert [d.code for d in tree.diagnostics] == ["layout.bad-namespace"]
+    assert list(tree.tenants["acme"].namespaces) == ["ok"]
+    assert list(tree.tenants["acme"].namespaces["ok"].flows) == ["g"]

@@ -75,13 +75,9 @@ def _error(path: str, code: str, message: str, hint: str | None = None) -> Diagn
 
 
 def _bad_path(path: str) -> bool:
-    parts = path.split("/")
-    return (
-        path.startswith("/")
-        or "\0" in path
-        or "\\" in path
-        or any(p in ("", ".", "..") for p in parts)
-    )
+    """An absolute path, a NUL, a backslash, or an empty, '.' or '..' segment."""
+    wrapped = f"/{path}/"
+    return "//" in wrapped or "/./" in wrapped or "/../" in wrapped or "\0" in path or "\\" in path
 
 
 def build(
@@ -100,6 +96,9 @@ def build(
     folder_ns: dict[str, tuple[str, str] | None] = {}
     case_seen: dict[tuple[str, str, str], str] = {}
     bad_tenants: set[str] = set()
+    # folder → (namespace, segments walked, bad) of the walk below the tenant: the same for
+    # every file of a folder, so each folder is walked once
+    walked: dict[str, tuple[str, int, bool]] = {}
 
     for entry in entries:
         path = entry.path
@@ -161,10 +160,16 @@ def build(
                 )
             continue
         # Walk the folders below the tenant: each is a namespace until a reserved name.
-        ns_name = ""
-        index = 0
-        bad = False
-        while index < len(rest) - 1:
+        parent_folder = path.rpartition("/")[0]
+        known = walked.get(parent_folder)
+        if known is not None:
+            ns_name, index, bad = known
+            if bad:
+                continue
+            rest_walk = False
+        else:
+            ns_name, index, bad, rest_walk = "", 0, False, True
+        while rest_walk and index < len(rest) - 1:
             segment = rest[index]
             if segment in RESERVED:
                 break
@@ -193,6 +198,7 @@ def build(
                 break
             ns_name = cached[1]
             index += 1
+        walked[parent_folder] = (ns_name, index, bad)
         if bad:
             continue
         if not ns_name:
