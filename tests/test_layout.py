@@ -123,7 +123,7 @@ def test_case_collision_is_per_namespace() -> None:
 def test_dotted_names_that_are_plain_segments_are_kept() -> None:
     tree = build("tenants/acme/a/files/.env", "tenants/acme/a/files/.../x..y", "tenants/acme/a/files/..z")
     assert tree.diagnostics == []
-    assert sorted(tree.tenants["acme"].namespaces["a"].files) == [".../x..y", ".env", "..z"]
+    assert sorted(tree.tenants["acme"].namespaces["a"].files) == [".../x..y", "..z", ".env"]
 
 
 def test_a_bad_folder_is_reported_once_for_all_its_files() -> None:
