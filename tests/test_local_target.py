@@ -492,9 +492,33 @@ def test_debris_is_removed_on_open_and_on_apply(root: Path, target: LocalTarget)
     assert debris(root) == []
     assert not orphan.exists()
     assert target.current_revision() == "r1"
+    # A writer that dies at work leaves its mark: the next writer looks for its debris.
     (root / "previous.tmp-1").symlink_to("revisions/r1")
+    (root / ".writing").touch()
     target.apply("r2", sample(2), SECRETS)
     assert debris(root) == []
+    assert not (root / ".writing").exists()
+
+
+def test_a_writer_that_fails_leaves_its_mark_and_the_next_one_cleans_up(
+    root: Path, target: LocalTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target.apply("r1", sample(), SECRETS)
+    assert not (root / ".writing").exists()  # a clean apply takes its mark away
+
+    def publish(dirname: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(target, "_publish", publish)
+    with pytest.raises(TargetError, match="No space left"):
+        target.apply("r2", sample(2), SECRETS)
+    assert (root / ".writing").exists()
+    monkeypatch.undo()
+    (root / "spaces/.tmp-left-by-a-dead-writer").mkdir()
+    target.apply("r2", sample(2), SECRETS)
+    assert debris(root) == []
+    assert not (root / ".writing").exists()
+    assert target.current_revision() == "r2"
 
 
 def test_a_concurrent_writer_is_refused(root: Path, target: LocalTarget) -> None:
@@ -900,7 +924,7 @@ def test_a_revision_that_lost_its_manifest_keeps_its_spaces(root: Path) -> None:
     assert (root / "previous/acme/company/flows/extra.yaml").exists()
 
 
-def test_an_apply_that_finds_debris_collects_everything(root: Path, target: LocalTarget) -> None:
+def test_an_apply_that_finds_a_dead_writers_mark_collects_everything(root: Path, target: LocalTarget) -> None:
     target.apply("r1", sample(), SECRETS)
     orphan = root / "objects/ab" / ("ab" + "0" * 62)
     orphan.parent.mkdir(exist_ok=True)
@@ -909,7 +933,8 @@ def test_an_apply_that_finds_debris_collects_everything(root: Path, target: Loca
     (root / "spaces/.tmp-0123").mkdir()
     (root / "indexes" / ("0" * 32)).mkdir()  # an index no revision uses
     (root / "indexes" / ("0" * 32) / "company").symlink_to("../../spaces/" + "0" * 32 + "/tree")
-    target.apply("r2", sample(2), SECRETS)  # prunes nothing (keep=3), but found debris
+    (root / ".writing").touch()  # the mark of the writer that died leaving all that
+    target.apply("r2", sample(2), SECRETS)  # prunes nothing (keep=3), but found the mark
     assert debris(root) == []
     assert not orphan.exists()
     assert "0" * 32 not in spaces(root)

@@ -5,6 +5,7 @@ Layout, all inside the instance directory::
     current  -> revisions/<dir>          the published revision, swapped atomically
     previous -> revisions/<dir>          what ``current`` pointed to before the last swap
     .lock                                flock: one writer (apply, activate, cleanup) at a time
+    .writing                             there while a writer works: left by one that died
     objects/<hh>/<sha256 hex>            content-addressed store, 0444, hard-linked into spaces
     spaces/<id>/tree/                    one namespace at one content (see local_space.py):
         flows/<flow id>.yaml             byte-identical to Git
@@ -107,6 +108,7 @@ _SPACE_LINK = "../../spaces/{}/tree"  # indexes/<iid>/<namespace>, and spaces/<s
 _SPACE_LINK_NAME = "link"
 _FORMAT2_SPACE_LINK = "../../../spaces/{}/tree"  # revisions/<dir>/<tenant>/<namespace>
 _INDEX_LINK = "../../indexes/{}"  # revisions/<dir>/<tenant>
+_WRITING = ".writing"
 _SYNC_BATCH = 256  # above this many files and directories to flush, one sync() is cheaper
 # A space read back clean by ``inventory`` is shared by an apply within this many seconds
 # without walking it again (the engine reads the target back right before it applies).
@@ -242,8 +244,10 @@ class LocalTarget:
         if self.root.is_dir():
             # Leftovers of a crash are removed on open, unless a writer is at work right now.
             with contextlib.suppress(OSError), self._exclusive(wait=0.0) as locked:
-                if locked and self._remove_debris():
-                    self._collect_garbage(None)
+                if locked:
+                    if self._remove_debris() or (self.root / _WRITING).exists():
+                        self._collect_garbage(None)
+                    (self.root / _WRITING).unlink(missing_ok=True)
 
     @property
     def revisions_dir(self) -> Path:
@@ -396,14 +400,17 @@ class LocalTarget:
                     hint="wait for the other apply to finish, then retry",
                 )
             try:
-                kept, indexes = ({}, {}) if base is None else self._kept(base, changed)
-                spaces, builds, contents = self._plan(wanted, secrets, kept)
-                debris = self._remove_debris()
-                try:
-                    self._publish(self._materialise(revision, spaces, indexes, builds, contents))
-                except Exception:
-                    self._undo()
-                    raise
+                with self._writing() as unclean:
+                    kept, indexes = ({}, {}) if base is None else self._kept(base, changed)
+                    spaces, builds, contents = self._plan(wanted, secrets, kept)
+                    if unclean:
+                        self._remove_debris()
+                    try:
+                        self._publish(self._materialise(revision, spaces, indexes, builds, contents))
+                    except Exception:
+                        self._undo()
+                        raise
+                    self._prune(everything=unclean)
             except OSError as e:
                 raise TargetError(
                     f"cannot apply {revision[:12]} to {self.root}: {e.strerror or e}",
@@ -411,7 +418,6 @@ class LocalTarget:
                 ) from e
             finally:
                 self._verified.clear()
-            self._prune(everything=debris)
 
     def _kept(
         self, base: str, changed: Collection[tuple[str, str]]
@@ -459,7 +465,8 @@ class LocalTarget:
                     hint="apply it from Git instead",
                 )
             try:
-                self._publish(d)
+                with self._writing():
+                    self._publish(d)
             except OSError as e:
                 raise TargetError(f"cannot activate {revision[:12]}: {e.strerror}") from e
 
@@ -834,6 +841,18 @@ class LocalTarget:
             yield True
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[bool]:
+        """Mark the instance as being written while the block runs (the writer lock held).
+        Yields whether an earlier writer left its mark: it died at work, and what it left
+        behind (debris, spaces no revision uses) must be looked for. A block that fails
+        leaves the mark too, for the next writer to look; a clean one costs no scan at all."""
+        mark = self.root / _WRITING
+        unclean = mark.exists()
+        mark.touch()
+        yield unclean
+        mark.unlink()
 
     def _remove_debris(self) -> bool:
         """Remove what an interrupted apply, activate or prune left behind."""
