@@ -244,6 +244,23 @@ def test_sighup_triggers_a_sync(tmp_path: Path) -> None:
         assert d.metric("headwater_triggers_total", source="signal") == 1
 
 
+def test_old_revisions_are_pruned_once_each_apply_is_reported(tmp_path: Path) -> None:
+    remote = Remote(tmp_path)
+    conf = base_config(tmp_path, remote.url, instances={"dev": {"target": {"keep": 1}}})
+    with Daemon(tmp_path, conf) as d:
+        d.wait_ready()
+        shas = []
+        for _ in range(4):
+            shas.append(remote.commit("dev"))
+            d.send(signal.SIGHUP)
+            d.wait_applied("dev", shas[-1])
+        target = LocalTarget(tmp_path / "instances" / "dev")
+        d.wait(lambda: len(target.revisions()) == 2, "the old revisions to be pruned")
+        assert target.revisions() == [shas[-1], shas[-2]]  # keep 1, and the previous one
+        assert consistent(tmp_path, "dev") == shas[-1]
+        assert not any(e.get("event") == "prune.failed" for e in d.events())
+
+
 def test_remote_unreachable_at_start_and_mid_run(tmp_path: Path) -> None:
     """Acceptance 4: keeps serving, reports in /status and metrics, recovers."""
     remote = Remote(tmp_path)

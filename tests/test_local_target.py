@@ -463,6 +463,34 @@ def test_pruning_keeps_n_and_never_current_or_previous(root: Path) -> None:
     assert one.revisions() == ["r6", "r3"]
 
 
+def test_prune_later_leaves_old_revisions_to_prune(root: Path) -> None:
+    target = LocalTarget(root, keep=2, durable=False, prune_later=True)
+    for i in range(5):
+        target.apply(f"r{i}", sample(i), SECRETS)
+    assert len(target.revisions()) == 5  # none pruned by the applies
+    target.prune()
+    assert target.revisions() == ["r4", "r3"]
+    for p in objects(root):
+        assert p.stat().st_nlink >= 2, "objects only the pruned revisions used are collected"
+    assert hashes(target.inventory()) == hashes(sample(4))
+    assert not (root / ".writing").exists()
+
+
+def test_prune_while_another_writer_works_does_nothing(root: Path) -> None:
+    target = LocalTarget(root, keep=1, durable=False, prune_later=True)
+    for i in range(3):
+        target.apply(f"r{i}", sample(i), SECRETS)
+    fd = os.open(root / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        target.prune()  # does not wait
+        assert len(target.revisions()) == 3
+    finally:
+        os.close(fd)
+    target.prune()
+    assert target.revisions() == ["r2", "r1"]
+
+
 def test_activate_is_a_fast_rollback(root: Path, target: LocalTarget) -> None:
     target.apply("r1", sample(1), SECRETS)
     target.apply("r2", sample(2), SECRETS)

@@ -101,9 +101,14 @@ class PlanResult:
 
 
 class Engine:
-    def __init__(self, repo: GitRepo, settings: Settings, store: StateStore | None = None) -> None:
+    def __init__(
+        self, repo: GitRepo, settings: Settings, store: StateStore | None = None, *, prune_later: bool = False
+    ) -> None:
+        """``prune_later``: applies leave old revisions on targets for ``LocalTarget.prune``
+        (the daemon prunes once an apply is reported)."""
         self.repo = repo
         self.settings = settings
+        self.prune_later = prune_later
         try:
             settings.state_path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # e.g. the state directory is a file
@@ -147,6 +152,7 @@ class Engine:
                 self.settings.instance_path(instance),
                 keep=self.settings.keep(instance),
                 secret_hash_key=self.hash_key,
+                prune_later=self.prune_later,
             )
             self._targets[instance] = target
         return target

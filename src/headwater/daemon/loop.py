@@ -135,7 +135,7 @@ class Daemon:
             with self.mirror.exclusive():
                 self.mirror.ensure()
             self.repo = GitRepo(self.mirror.path)
-            self.engine = Engine(self.repo, self.conf, self.store)
+            self.engine = Engine(self.repo, self.conf, self.store, prune_later=True)
             for rt in self.instances.values():
                 syncing.load_instance(self, rt)
             upstream.load(self)

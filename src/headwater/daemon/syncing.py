@@ -88,6 +88,17 @@ def sync(d: Daemon, rt: InstanceRuntime, reason: str) -> None:
         if applied_at is not None:
             m.last_applied.labels(rt.name).set(applied_at.timestamp())
     log_sync(d, rt, result, duration, reason, repeated)
+    if result.outcome == "applied":
+        prune(d, rt)
+
+
+def prune(d: Daemon, rt: InstanceRuntime) -> None:
+    """Remove the target's old revisions, after the apply is reported (``prune_later``)."""
+    assert d.engine is not None
+    try:
+        d.engine.target(rt.name).prune()
+    except (HeadwaterError, OSError) as exc:  # the next apply's prune tries again
+        d.event(WARNING, "prune.failed", f"{rt.name}: pruning old revisions failed: {exc}", instance=rt.name)
 
 
 def log_sync(

@@ -220,6 +220,8 @@ class LocalTarget:
     secrets.env shows as drift of its values; without it only added or removed entries show.
     ``durable``: fsync what an apply wrote before publishing it (turn off only for tests and
     benchmarks). ``lock_timeout``: how long an apply waits for another writer to finish.
+    ``prune_later``: an apply leaves the old revisions beyond ``keep`` for ``prune`` to
+    remove, so a long-running writer can do that once the apply is reported.
     """
 
     def __init__(
@@ -230,6 +232,7 @@ class LocalTarget:
         secret_hash_key: bytes | None = None,
         durable: bool = True,
         lock_timeout: float = 30.0,
+        prune_later: bool = False,
     ) -> None:
         if keep < 1:
             raise TargetError(f"keep must be at least 1, not {keep}")
@@ -237,6 +240,7 @@ class LocalTarget:
         self.keep = keep
         self.durable = durable
         self.lock_timeout = lock_timeout
+        self.prune_later = prune_later
         self._hash_key = secret_hash_key
         self._revision_cache: dict[str, tuple[tuple[int, int], _Revision]] = {}
         self._space_cache: dict[str, tuple[tuple[int, int], SpaceManifest]] = {}
@@ -410,7 +414,8 @@ class LocalTarget:
                     except Exception:
                         self._undo()
                         raise
-                    self._prune(everything=unclean)
+                    if unclean or not self.prune_later:
+                        self._prune(everything=unclean)
             except OSError as e:
                 raise TargetError(
                     f"cannot apply {revision[:12]} to {self.root}: {e.strerror or e}",
@@ -440,6 +445,18 @@ class LocalTarget:
         spaces = {ns: space for ns, space in recorded.spaces.items() if ns not in changed}
         indexes = {t: iid for t, iid in (recorded.indexes or {}).items() if t not in touched}
         return spaces, indexes
+
+    def prune(self) -> None:
+        """Remove the old revisions beyond ``keep`` and what only they used; what an apply
+        does itself unless the target was made with ``prune_later``. Nothing when another
+        writer is at work: it prunes, or a later call does."""
+        self._ensure_dirs()
+        with self._exclusive(wait=0.0) as locked:
+            if locked:
+                with self._writing() as unclean:
+                    if unclean:
+                        self._remove_debris()
+                    self._prune(everything=unclean)
 
     def activate(self, revision: str) -> None:
         check_revision(revision)
