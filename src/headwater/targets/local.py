@@ -237,6 +237,11 @@ class LocalTarget:
         if keep < 1:
             raise TargetError(f"keep must be at least 1, not {keep}")
         self.root = Path(root)
+        # Joined once: an apply names thousands of paths below them.
+        self.revisions_dir = self.root / "revisions"
+        self.objects_dir = self.root / "objects"
+        self.spaces_dir = self.root / "spaces"
+        self.indexes_dir = self.root / "indexes"
         self.keep = keep
         self.durable = durable
         self.lock_timeout = lock_timeout
@@ -252,22 +257,6 @@ class LocalTarget:
                     if self._remove_debris() or (self.root / _WRITING).exists():
                         self._collect_garbage(None)
                     (self.root / _WRITING).unlink(missing_ok=True)
-
-    @property
-    def revisions_dir(self) -> Path:
-        return self.root / "revisions"
-
-    @property
-    def objects_dir(self) -> Path:
-        return self.root / "objects"
-
-    @property
-    def spaces_dir(self) -> Path:
-        return self.root / "spaces"
-
-    @property
-    def indexes_dir(self) -> Path:
-        return self.root / "indexes"
 
     # -- reading ---------------------------------------------------------------------------
 
