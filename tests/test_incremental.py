@@ -388,6 +388,23 @@ def test_a_restarted_engine_primed_from_the_store_applies_incrementally(
             assert resident.inventory == restarted.store.inventory("dev", sorted(resident.known))
 
 
+def test_a_full_apply_keeps_only_the_snapshot_and_call_graph(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "state"
+    calls = Calls(monkeypatch)
+    with open_engine(repo_dir, state) as engine:
+        full = engine.apply("dev", "HEAD", trigger="test")
+        resident = engine._resident["dev"]
+        assert (resident.inventory, resident.desired.state, resident.known) == ({}, {}, set())
+        assert resident.size == len(engine.store.inventory("dev")) == len(full.desired.state) > 0
+        assert resident.desired.calls == full.desired.calls
+        calls.take()
+        for edit in SEQUENCE[:4]:
+            apply_by("incremental", engine, repo_dir, commit(repo_dir, edit, EDITS[edit]), calls)
+            assert engine._resident["dev"].size == len(engine.store.inventory("dev"))
+
+
 def test_priming_refuses_an_instance_the_store_and_target_disagree_on(repo_dir: Path, tmp_path: Path) -> None:
     state = tmp_path / "state"
     with open_engine(repo_dir, state) as engine:

@@ -79,17 +79,23 @@ class Desired:
 class _Resident:
     """What the engine applied last to an instance, kept for the next incremental apply.
 
-    After an apply it is whole. Primed from the state store (``Engine.prime``) it starts with
-    the snapshot and the flow call graph only: the desired state and the recorded inventory
-    of a namespace are built the first time a change reaches it (``known`` lists those built;
-    None when whole), so a restart does not build half a million resources to change a few.
+    It starts (after a full apply, or primed from the state store by ``Engine.prime``) with
+    the commit's snapshot and flow call graph only: the desired state and the recorded
+    inventory of a namespace are built the first time a change reaches it (``known`` lists
+    those built), so the engine does not keep half a million resources to change a few
+    (1.2 GB against 0.45 GB on a 50k-flow instance).
     """
 
     snapshot: snapshot.Snapshot
-    desired: Desired  # without content
-    inventory: dict[ResourceKey, str]  # as recorded in the state store
+    desired: Desired  # without content; the namespaces of ``known``
+    inventory: dict[ResourceKey, str]  # as recorded in the state store; likewise
     size: int  # resources in the recorded inventory
-    known: set[NsKey] | None = None
+    known: set[NsKey]
+
+
+def _resident(snap: snapshot.Snapshot, calls: dict[ResourceKey, set[ResourceKey]], size: int) -> _Resident:
+    """A resident state with nothing built yet (see ``_Resident``)."""
+    return _Resident(snap, Desired(snap.revision, {}, calls, {}, ()), {}, size, set())
 
 
 @dataclass(frozen=True)
@@ -390,7 +396,7 @@ class Engine:
                 and target.current_revision() == snap.revision
                 and self.store.get(instance).applied_revision == snap.revision
             ):
-                self._resident[instance] = _Resident(snap, bare, inventory, len(inventory))
+                self._resident[instance] = _resident(snap, bare.calls, len(inventory))
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             # The target rebuilds the namespaces that change; it reuses the others by hash.
@@ -408,7 +414,7 @@ class Engine:
             self._write(instance, snap.revision, write)
             self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
         if action == "apply":
-            self._resident[instance] = _Resident(snap, bare, inventory, len(inventory))
+            self._resident[instance] = _resident(snap, bare.calls, len(inventory))
         return PlanResult(result, desired, snap)
 
     def _apply_changes(
@@ -483,8 +489,6 @@ class Engine:
     def _complete(self, instance: str, resident: _Resident, namespaces: Iterable[NsKey]) -> None:
         """Build what a primed ``resident`` lacks of ``namespaces``: their desired state at its
         commit and their recorded inventory."""
-        if resident.known is None:
-            return
         view = resident.snapshot.view(instance)
         asked = set(namespaces)
         wanted = sorted(ns for ns in asked - resident.known if ns in view.namespaces)
@@ -528,8 +532,7 @@ class Engine:
             return False
         # The desired state and inventory of a namespace are built when a change reaches it;
         # the call graph (to order flows) is the whole commit's from the start.
-        desired = Desired(revision, {}, _calls(snap.view(instance)), {}, ())
-        self._resident[instance] = _Resident(snap, desired, {}, self.store.inventory_size(instance), set())
+        self._resident[instance] = _resident(snap, _calls(snap.view(instance)), self.store.inventory_size(instance))
         return True
 
     def primed(self, instance: str) -> bool:
