@@ -15,8 +15,22 @@ collected.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import gc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim: Callable[[int], int] = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim()
 
 
 @contextlib.contextmanager
@@ -39,8 +53,11 @@ def settle() -> None:
     long-running process that just built the state it keeps. Called inside ``paused``, it
     also spares them the collection that would otherwise follow it (a young collection of
     everything the block allocated: 0.9 s for that commit). Cycles among them are collected
-    at the next ``release``."""
+    at the next ``release``. The memory the build freed goes back to the system, where the
+    C library allows (glibc's ``malloc_trim``: 255 → 202 MB after a 10k-flow apply)."""
     gc.freeze()
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def release() -> None:
