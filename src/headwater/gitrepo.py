@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import git
 
@@ -21,9 +22,9 @@ MODE_SYMLINK = "120000"
 MODE_SUBMODULE = "160000"
 
 
-@dataclass(frozen=True, slots=True)
-class TreeEntry:
-    """One entry of a recursive tree listing."""
+class TreeEntry(NamedTuple):
+    """One entry of a recursive tree listing (a large commit lists 150k: a named tuple is
+    made several times faster than a frozen dataclass)."""
 
     path: str
     mode: str

@@ -581,7 +581,7 @@ def _relayout(
 
 
 def _retarget(entry: TreeEntry, oid: str, blobs: Mapping[str, bytes]) -> TreeEntry:
-    return dataclasses.replace(entry, oid=oid, size=len(blobs[oid]))
+    return entry._replace(oid=oid, size=len(blobs[oid]))
 
 
 def _update_view(
