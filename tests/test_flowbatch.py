@@ -43,3 +43,31 @@ def test_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert flowbatch._workers() == 16
     monkeypatch.setenv("HEADWATER_WORKERS", "lots")
     assert flowbatch._workers() >= 0
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_the_callers_other_work_runs_once_either_way(
+    sample: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
+    monkeypatch.setenv("HEADWATER_WORKERS", workers)
+    ran: list[int] = []
+    with GitRepo(sample) as repo:
+        items = _items(repo)
+        registry = snapshot.load(repo, "HEAD").registry
+        results = flowbatch.validate_many(repo, items, registry, [], meanwhile=lambda: ran.append(len(ran)))
+    assert ran == [0]
+    assert results.keys() == {item[1] for item in items}
+
+
+def test_a_loaded_snapshot_is_the_same_with_workers_or_without(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The configs are parsed while the workers validate the flows: the result is the same."""
+    monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
+    with GitRepo(sample) as repo:
+        monkeypatch.setenv("HEADWATER_WORKERS", "0")
+        alone = snapshot.load(repo, "HEAD")
+        monkeypatch.setenv("HEADWATER_WORKERS", "1")
+        shared = snapshot.load(repo, "HEAD")
+    assert alone.configs.keys() == shared.configs.keys() and alone.configs
+    assert alone.diagnostics == shared.diagnostics
+    assert alone.parsed == shared.parsed and alone.flows == shared.flows

@@ -212,9 +212,9 @@ def test_updates_chain_and_share_the_persistent_cache(
         validated: list[int] = []
         real = snapshot.validate_many
 
-        def counting(repo: Any, items: Any, *args: Any) -> Any:
+        def counting(repo: Any, items: Any, *args: Any, **kwargs: Any) -> Any:
             validated.append(len(items))
-            return real(repo, items, *args)
+            return real(repo, items, *args, **kwargs)
 
         monkeypatch.setattr(snapshot, "validate_many", counting)
         update = snapshot.update(snap, repo, "HEAD", cache=cache)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -31,21 +31,31 @@ CHUNK = 250  # flows per piece of work: small enough to even out, large enough t
 
 
 def validate_many(
-    repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str]
+    repo: GitRepo,
+    items: Sequence[Item],
+    registry: TypeRegistry,
+    extra_types: Sequence[str],
+    meanwhile: Callable[[], None] | None = None,
 ) -> dict[str, Result]:
     """Validation result of every item, by path.
 
     The items are cut into chunks, all queued for the workers; this process takes chunks from
     the far end of the queue (those no worker has started), so the work splits evenly however
-    long the workers take to start.
+    long the workers take to start. ``meanwhile`` is other work of the caller's, done in this
+    process while the workers start.
     """
     workers = _workers() if len(items) >= PARALLEL_MIN else 0
     if workers <= 0:
+        if meanwhile is not None:
+            meanwhile()
         return _validate(repo, items, registry)
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_worker, str(repo.git_dir), list(extra_types), list(c)) for c in chunks]
+            if meanwhile is not None:
+                meanwhile()
+                meanwhile = None  # done: not again in the fallback below
             results: dict[str, Result] = {}
             for chunk, future in zip(reversed(chunks), reversed(futures), strict=True):
                 if not future.cancel():
@@ -57,6 +67,8 @@ def validate_many(
         return results
     except (BrokenProcessPool, OSError) as exc:  # no processes here: do it all in this one
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
+        if meanwhile is not None:
+            meanwhile()
         return _validate(repo, items, registry)
 
 

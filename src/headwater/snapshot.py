@@ -271,25 +271,26 @@ def load(
         for (_t, ns, fid, e) in flow_entries
     }
     known = store.get_many([*config_keys.values(), *flow_keys.values()])
-    needed = [e.oid for e in config_entries if config_keys[e.path] not in known]
-    blobs = repo.read_blobs(needed)
     fresh: dict[str, Any] = {}
-
     parsed: dict[str, list[Diagnostic]] = {}
     configs: dict[str, yamlio.Document] = {}
-    for entry in config_entries:
-        ckey = config_keys[entry.path]
-        if ckey in known:
-            doc, found = known[ckey]
-        else:
-            doc, found = _parse_config(blobs[entry.oid], entry.path, entry.oid, NAMESPACE_SCHEMA)
-            fresh[ckey] = (doc, found)
-        parsed[entry.path] = found
-        if doc is not None:
-            configs[entry.path] = doc
+
+    def parse_configs() -> None:
+        blobs = repo.read_blobs(e.oid for e in config_entries if config_keys[e.path] not in known)
+        for entry in config_entries:
+            ckey = config_keys[entry.path]
+            if ckey in known:
+                doc, found = known[ckey]
+            else:
+                doc, found = _parse_config(blobs[entry.oid], entry.path, entry.oid, NAMESPACE_SCHEMA)
+                fresh[ckey] = (doc, found)
+            parsed[entry.path] = found
+            if doc is not None:
+                configs[entry.path] = doc
 
     todo = [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
-    validated = validate_many(repo, todo, registry, extra)
+    # The configs are parsed here while the validation workers start on the flows.
+    validated = validate_many(repo, todo, registry, extra, meanwhile=parse_configs)
     flows: dict[tuple[str, str, str], FlowInfo] = {}
     for tenant, ns, fid, entry in flow_entries:
         fkey = flow_keys[entry.path]
