@@ -442,3 +442,36 @@ def test_managed_inventory_matches_the_target_manifest(hw: Headwater) -> None:
     target = LocalTarget(hw.instance_dir("dev"))
     assert store.inventory("dev") == target.manifest()
     assert ResourceKey("acme", "company.team.project-a", "file", "scripts/common.py") in store.inventory("dev")
+
+
+def test_a_cold_plan_reads_each_blob_once_and_shows_what_git_holds(
+    hw: Headwater, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hashing a blob and showing its content share one read (the hash cache is cold)."""
+    from headwater.engine import Engine
+    from headwater.gitrepo import GitRepo
+    from headwater.settings import Settings
+
+    reads: list[str] = []
+    real = GitRepo.read_blobs
+
+    def counting(self: GitRepo, oids: Any) -> dict[str, bytes]:
+        wanted = list(oids)
+        reads.extend(wanted)
+        return real(self, wanted)
+
+    monkeypatch.setattr(GitRepo, "read_blobs", counting)
+    with GitRepo(hw.repo) as repo, Engine(repo, Settings(state_dir=str(hw.state))) as engine:
+        result = engine.plan("dev", "dev")
+        sources = set(result.desired.sources.values())
+        files = {oid for key, oid in result.desired.sources.items() if key.kind == "file"}
+        # A flow is also read to validate it; a namespace file only to hash and show it.
+        assert files and all(reads.count(oid) == 1 for oid in files), reads
+        assert all(reads.count(oid) <= 2 for oid in sources), reads
+        for key, oid in result.desired.sources.items():
+            assert result.desired.state[key].content == real(repo, [oid])[oid]
+        again = Engine(repo, Settings(state_dir=str(hw.state)))  # warm hashes: reads content only
+        reads.clear()
+        assert again.plan("dev", "dev").plan.summary() == result.plan.summary()
+        assert all(reads.count(oid) == 1 for oid in sources), reads  # hashes cached, flows too
+        again.close()

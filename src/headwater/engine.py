@@ -130,6 +130,7 @@ class Engine:
         self._targets: dict[str, LocalTarget] = {}
         self._resident: dict[str, _Resident] = {}
         self._unprimable: dict[str, str] = {}  # instance -> applied revision prime() refused
+        self._just_read: dict[str, bytes] = {}  # blobs the last ``_blob_hashes`` read (``_read_blobs``)
 
     def close(self) -> None:
         self.cache.close()
@@ -211,7 +212,7 @@ class Engine:
         oids = {info.entry.oid for ns in views for info in ns.flows.values()}
         oids |= {entry.oid for ns in views for (_o, entry) in ns.files.values()}
         hashes = self._blob_hashes(oids)
-        blobs = self.repo.read_blobs(sorted(oids)) if content else {}
+        blobs = self._read_blobs(oids) if content else {}
         if base is None:
             state: State = {}
             calls: dict[ResourceKey, set[ResourceKey]] = {}
@@ -280,10 +281,21 @@ class Engine:
         """sha256 and binary flag of each blob, from the cache or read once and remembered."""
         result = self.cache.blob_hashes(oids)
         fresh: dict[str, tuple[str, bool]] = {}
-        for oid, data in self.repo.read_blobs([o for o in oids if o not in result]).items():
+        read = self.repo.read_blobs([o for o in oids if o not in result])
+        for oid, data in read.items():
             result[oid] = fresh[oid] = (content_hash(data), is_binary(data))
         self.cache.put_blob_hashes(fresh)
+        self._just_read = read
         return result
+
+    def _read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:
+        """The content of blobs, those ``_blob_hashes`` has just read served without reading
+        them again (a cold plan otherwise reads every blob twice: to hash it, then to show it).
+        Blobs are content-addressed: what is served is what Git would give."""
+        kept, self._just_read = self._just_read, {}
+        wanted = sorted(set(oids))
+        found = self.repo.read_blobs(o for o in wanted if o not in kept)
+        return {o: kept[o] if o in kept else found[o] for o in wanted}
 
     def with_content(self, desired: Desired, keys: Iterable[ResourceKey] | None = None) -> Desired:
         """``desired`` with the content of ``keys`` (default: every blob resource) loaded."""
@@ -291,7 +303,7 @@ class Engine:
                   if k in desired.sources and desired.state[k].content is None]
         if not wanted:
             return desired
-        blobs = self.repo.read_blobs(sorted({desired.sources[k] for k in wanted}))
+        blobs = self._read_blobs({desired.sources[k] for k in wanted})
         state = dict(desired.state)
         for k in wanted:
             res = state[k]
@@ -501,7 +513,7 @@ class Engine:
 
     def _loaded(self, desired: Desired, keys: list[ResourceKey]) -> State:
         """The resources ``keys`` of ``desired``, with their content (read in one batch)."""
-        blobs = self.repo.read_blobs(sorted({desired.sources[k] for k in keys if k in desired.sources}))
+        blobs = self._read_blobs({desired.sources[k] for k in keys if k in desired.sources})
         result: State = {}
         for k in keys:
             res = desired.state[k]
