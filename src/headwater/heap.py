@@ -24,10 +24,12 @@ from collections.abc import Callable, Iterator
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim: Callable[[int], int] = libc.malloc_trim
+        trim = libc.malloc_trim
     except (OSError, AttributeError):  # not glibc
         return None
-    return trim
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    call: Callable[[int], int] = trim
+    return call
 
 
 _TRIM = _malloc_trim()
