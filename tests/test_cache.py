@@ -55,6 +55,37 @@ def test_blob_hashes_round_trip_and_torn_rows(tmp_path: Path) -> None:
         assert cache.blob_hashes([a]) == {}
 
 
+def test_the_rows_written_longest_ago_go_beyond_max_rows(tmp_path: Path) -> None:
+    with ResultCache(tmp_path / "c.db", max_rows=10) as cache:
+        for i in range(10):
+            cache.put_many({f"k{i}": i})
+        assert len(cache.get_many(f"k{i}" for i in range(10))) == 10  # up to the limit: all kept
+        cache.put_many({"k0": 0})  # written again: now the newest
+        for i in range(10, 25):
+            cache.put_many({f"k{i}": i})
+        kept = cache.get_many(f"k{i}" for i in range(25))
+        assert 9 <= len(kept) <= 10 and "k24" in kept
+        assert "k0" not in kept and "k1" not in kept  # the oldest writes went first
+        cache.put_many({f"b{i}": i for i in range(30)})  # one write larger than the limit
+        assert 1 <= len(cache.get_many(f"b{i}" for i in range(30))) <= 10
+        assert "b29" in cache.get_many(["b29"])
+        for i in range(15):
+            cache.put_blob_hashes({f"{i:040x}": ("sha256:" + "1" * 64, False)})
+        hashes = cache.blob_hashes(f"{i:040x}" for i in range(15))
+        assert 9 <= len(hashes) <= 10 and f"{14:040x}" in hashes and f"{0:040x}" not in hashes
+
+
+def test_a_replaced_row_counts_as_written_last(tmp_path: Path) -> None:
+    with ResultCache(tmp_path / "c.db", max_rows=4) as cache:
+        for i in range(4):
+            cache.put_many({f"k{i}": i})
+        for i in range(4, 8):
+            cache.put_many({"k0": "again"})  # kept alive by being written again
+            cache.put_many({f"k{i}": i})
+        assert cache.get_many(["k0"]) == {"k0": "again"}
+        assert cache.get_many(["k1", "k2", "k3"]) == {}
+
+
 def test_garbage_cache_file_is_replaced(tmp_path: Path) -> None:
     path = tmp_path / "c.db"
     path.write_bytes(b"this is not a database" * 100)

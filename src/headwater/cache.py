@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _CHUNK = 500
+# Rows kept per table: beyond it, the rows written longest ago go (a result needed again is
+# computed and written again). About 1 KB a row: a 50k-flow repository needs some 60,000
+# result rows and 150,000 blob rows; every code change writes them anew under new keys.
+MAX_ROWS = 1_000_000
 
 
 @cache
@@ -70,8 +74,9 @@ def default_path() -> Path:
 class ResultCache:
     """Results by key in SQLite; ``ResultCache(None)`` is a cache that keeps nothing."""
 
-    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+    def __init__(self, path: str | os.PathLike[str] | None, *, max_rows: int = MAX_ROWS) -> None:
         self.path = Path(path) if path is not None else None
+        self.max_rows = max_rows
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
         self.hits = 0
@@ -178,6 +183,7 @@ class ResultCache:
                     self._db.executemany(
                         "INSERT OR REPLACE INTO entries (key, checksum, payload) VALUES (?, ?, ?)", rows
                     )
+                    self._evict("entries")
             except sqlite3.Error as exc:
                 self._disable(exc)
 
@@ -201,8 +207,20 @@ class ResultCache:
                         "INSERT OR REPLACE INTO blob_hashes (oid, digest, binary, checksum)"
                         " VALUES (?, ?, ?, ?)", rows
                     )
+                    self._evict("blob_hashes")
             except sqlite3.Error as exc:
                 self._disable(exc)
+
+    def _evict(self, table: str) -> None:
+        """Keep the ``max_rows`` rows of ``table`` written last (a replaced row is a new one,
+        with the next rowid), by rowid range: two lookups of the rowid index, and a range
+        delete once in a while. Within the caller's transaction."""
+        assert self._db is not None
+        low, high = self._db.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
+        if low is not None and high - low >= self.max_rows:
+            # down to nine tenths, so that this is not done again at the next write
+            keep = max(1, self.max_rows * 9 // 10)
+            self._db.execute(f"DELETE FROM {table} WHERE rowid <= ?", (high - keep,))
 
     def _disable(self, exc: Exception) -> None:
         log.warning("cache %s disabled: %s", self.path, exc)
