@@ -71,3 +71,23 @@ def test_a_loaded_snapshot_is_the_same_with_workers_or_without(sample: Path, mon
     assert alone.configs.keys() == shared.configs.keys() and alone.configs
     assert alone.diagnostics == shared.diagnostics
     assert alone.parsed == shared.parsed and alone.flows == shared.flows
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_an_error_of_the_callers_work_is_raised_once_not_taken_for_the_pools(
+    sample: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
+    monkeypatch.setenv("HEADWATER_WORKERS", workers)
+    ran: list[int] = []
+
+    def failing() -> None:
+        ran.append(1)
+        raise OSError(2, "the caller's own failure")
+
+    with GitRepo(sample) as repo:
+        items = _items(repo)
+        registry = snapshot.load(repo, "HEAD").registry
+        with pytest.raises(OSError, match="the caller's own failure"):
+            flowbatch.validate_many(repo, items, registry, [], meanwhile=failing)
+    assert ran == [1]

@@ -476,6 +476,45 @@ def test_prune_later_leaves_old_revisions_to_prune(root: Path) -> None:
     assert not (root / ".writing").exists()
 
 
+def test_a_prune_that_fails_leaves_the_mark_and_the_next_writer_finishes_it(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = LocalTarget(root, keep=1, durable=False)
+    for i in range(2):
+        target.apply(f"r{i}", sample(i), SECRETS)
+    real = shutil.rmtree
+    failed: list[str] = []
+
+    def rmtree(path: Any, *args: Any, **kwargs: Any) -> None:
+        if ".tmp-prune-" in str(path) and not failed:
+            failed.append(str(path))
+            raise OSError(5, "Input/output error")
+        real(path, *args, **kwargs)
+
+    monkeypatch.setattr("headwater.targets.local.shutil.rmtree", rmtree)
+    target.apply("r2", sample(2), SECRETS)  # prunes r0, whose folder cannot be removed
+    assert failed and (root / ".writing").exists()
+    assert debris(root) != []
+    monkeypatch.undo()
+    target.apply("r3", sample(3), SECRETS)
+    assert debris(root) == [] and not (root / ".writing").exists()
+    assert target.revisions() == ["r3", "r2"]
+    for p in objects(root):
+        assert p.stat().st_nlink >= 2, "what only the pruned revisions used is collected"
+
+
+def test_activate_cleans_up_after_a_dead_writer(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", sample(1), SECRETS)
+    target.apply("r2", sample(2), SECRETS)
+    (root / "spaces/.tmp-left-by-a-dead-writer").mkdir()
+    (root / "spaces" / ("0" * 32)).mkdir()  # a space no revision uses
+    (root / ".writing").touch()
+    target.activate("r1")
+    assert target.current_revision() == "r1"
+    assert debris(root) == [] and not (root / "spaces" / ("0" * 32)).exists()
+    assert not (root / ".writing").exists()
+
+
 def test_prune_while_another_writer_works_does_nothing(root: Path) -> None:
     target = LocalTarget(root, keep=1, durable=False, prune_later=True)
     for i in range(3):
@@ -851,6 +890,7 @@ def test_applying_namespaces_on_a_moved_base_is_refused(root: Path, target: Loca
     with pytest.raises(BaseMoved, match="no longer at r1") as info:
         target.apply_namespaces("r3", "r1", changed, SECRETS)
     assert isinstance(info.value, TargetError) and info.value.hint
+    assert not (root / ".writing").exists()  # refused before writing anything: no mark left
     assert target.current_revision() == "r2" and target.revisions() == ["r2", "r1"]
     assert hashes(target.inventory()) == hashes(sample(2))
     (root / "current" / ".manifest.json").unlink()

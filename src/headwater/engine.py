@@ -325,6 +325,12 @@ class Engine:
     @heap.paused()
     def plan(self, instance: str, rev: str) -> PlanResult:
         """What applying ``rev`` to the instance would change, drift included."""
+        try:
+            return self._plan(instance, rev)
+        finally:
+            self._just_read = {}
+
+    def _plan(self, instance: str, rev: str) -> PlanResult:
         snap = self.valid_snapshot(rev, instance)
         target = self.target(instance)
         actual = target.inventory()
@@ -342,6 +348,12 @@ class Engine:
     @heap.paused()
     def compare(self, instance: str, base: str, head: str) -> PlanResult:
         """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed."""
+        try:
+            return self._compare(instance, base, head)
+        finally:
+            self._just_read = {}
+
+    def _compare(self, instance: str, base: str, head: str) -> PlanResult:
         head_snap = self.valid_snapshot(head, instance)
         head_state = self.desired(head_snap, instance, content=False)
         base_snap = self.load(base)
@@ -374,10 +386,25 @@ class Engine:
         """Validate, plan and apply ``rev`` all or nothing; returns the plan that was applied.
 
         An invalid commit is recorded as a failed attempt and never reaches the target. After
-        an apply the engine keeps what it applied (snapshot, desired state, inventory): the
-        next apply of a descendant commit then works from ``git diff-tree`` and touches only
-        the namespaces the change reaches (``_apply_changes``).
+        an apply the engine keeps what it applied (its snapshot and call graph): the next
+        apply of a descendant commit then works from ``git diff-tree`` and touches only the
+        namespaces the change reaches (``_apply_changes``).
         """
+        try:
+            return self._apply(instance, rev, trigger, allow_mass_delete, saved, action, confirm)
+        finally:
+            self._just_read = {}
+
+    def _apply(
+        self,
+        instance: str,
+        rev: str,
+        trigger: str | None,
+        allow_mass_delete: bool,
+        saved: planning.Plan | None,
+        action: str,
+        confirm: Callable[[planning.Plan], bool] | None,
+    ) -> PlanResult:
         trigger = trigger or default_trigger()
         if saved is None and action == "apply":
             done = self._apply_changes(instance, rev, trigger, allow_mass_delete, confirm)

@@ -54,8 +54,12 @@ def validate_many(
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = [pool.submit(_worker, str(repo.git_dir), list(extra_types), list(c)) for c in chunks]
             if meanwhile is not None:
-                meanwhile()
-                meanwhile = None  # done: not again in the fallback below
+                run, meanwhile = meanwhile, None  # once, whatever happens
+                try:
+                    run()
+                except BaseException as exc:  # the caller's error, not the pool's
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise _CallerFailed() from exc
             results: dict[str, Result] = {}
             for chunk, future in zip(reversed(chunks), reversed(futures), strict=True):
                 if not future.cancel():
@@ -65,11 +69,18 @@ def validate_many(
                 if not future.cancelled():
                     results.update(future.result())
         return results
+    except _CallerFailed as failed:
+        assert failed.__cause__ is not None
+        raise failed.__cause__ from None
     except (BrokenProcessPool, OSError) as exc:  # no processes here: do it all in this one
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
         if meanwhile is not None:
             meanwhile()
         return _validate(repo, items, registry)
+
+
+class _CallerFailed(Exception):
+    """Carries an error of ``meanwhile`` past the pool's own error handling."""
 
 
 def _workers() -> int:

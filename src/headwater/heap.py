@@ -16,23 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import gc
 from collections.abc import Callable, Iterator
 
 
+@functools.cache
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
+        trim = ctypes.CDLL(None).malloc_trim  # the C library the process runs on
     except (OSError, AttributeError):  # not glibc
         return None
     trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     call: Callable[[int], int] = trim
     return call
-
-
-_TRIM = _malloc_trim()
 
 
 @contextlib.contextmanager
@@ -58,8 +55,9 @@ def settle() -> None:
     at the next ``release``. The memory the build freed goes back to the system, where the
     C library allows (glibc's ``malloc_trim``: 255 → 202 MB after a 10k-flow apply)."""
     gc.freeze()
-    if _TRIM is not None:
-        _TRIM(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def release() -> None:

@@ -212,6 +212,14 @@ def _index_problem(folder: str, link: str, namespaces: Mapping[str, str]) -> str
     return min([*bad, *(namespaces.keys() - seen)], default=None)
 
 
+@dataclass
+class _Mark:
+    """A writer's mark (``LocalTarget._writing``)."""
+
+    unclean: bool  # left by a writer that died
+    keep: bool = False  # leave it: this writer left something to clean up too
+
+
 class LocalTarget:
     """An instance directory; see the module docstring for its layout.
 
@@ -393,18 +401,18 @@ class LocalTarget:
                     hint="wait for the other apply to finish, then retry",
                 )
             try:
-                with self._writing() as unclean:
-                    kept, indexes = ({}, {}) if base is None else self._kept(base, changed)
-                    spaces, builds, contents = self._plan(wanted, secrets, kept)
-                    if unclean:
+                kept, indexes = ({}, {}) if base is None else self._kept(base, changed)
+                spaces, builds, contents = self._plan(wanted, secrets, kept)  # reads only
+                with self._writing() as mark:
+                    if mark.unclean:
                         self._remove_debris()
                     try:
                         self._publish(self._materialise(revision, spaces, indexes, builds, contents))
                     except Exception:
                         self._undo()
                         raise
-                    if unclean or not self.prune_later:
-                        self._prune(everything=unclean)
+                    if mark.unclean or not self.prune_later:
+                        mark.keep = not self._prune(everything=mark.unclean)
             except OSError as e:
                 raise TargetError(
                     f"cannot apply {revision[:12]} to {self.root}: {e.strerror or e}",
@@ -442,10 +450,10 @@ class LocalTarget:
         self._ensure_dirs()
         with self._exclusive(wait=0.0) as locked:
             if locked:
-                with self._writing() as unclean:
-                    if unclean:
+                with self._writing() as mark:
+                    if mark.unclean:
                         self._remove_debris()
-                    self._prune(everything=unclean)
+                    mark.keep = not self._prune(everything=mark.unclean)
 
     def activate(self, revision: str) -> None:
         check_revision(revision)
@@ -471,8 +479,10 @@ class LocalTarget:
                     hint="apply it from Git instead",
                 )
             try:
-                with self._writing():
+                with self._writing() as mark:
                     self._publish(d)
+                    if mark.unclean:
+                        self._clean_up_after_a_dead_writer()
             except OSError as e:
                 raise TargetError(f"cannot activate {revision[:12]}: {e.strerror}") from e
 
@@ -849,16 +859,23 @@ class LocalTarget:
             os.close(fd)
 
     @contextlib.contextmanager
-    def _writing(self) -> Iterator[bool]:
+    def _writing(self) -> Iterator[_Mark]:
         """Mark the instance as being written while the block runs (the writer lock held).
-        Yields whether an earlier writer left its mark: it died at work, and what it left
-        behind (debris, spaces no revision uses) must be looked for. A block that fails
-        leaves the mark too, for the next writer to look; a clean one costs no scan at all."""
-        mark = self.root / _WRITING
-        unclean = mark.exists()
-        mark.touch()
-        yield unclean
-        mark.unlink()
+        ``unclean``: an earlier writer left its mark, having died at work, and what it left
+        behind (debris, spaces no revision uses) must be cleaned up now. A block that fails,
+        or sets ``keep`` (it left something to clean up), leaves the mark for the next writer;
+        a clean one costs no scan at all."""
+        path = self.root / _WRITING
+        mark = _Mark(path.exists())
+        path.touch()
+        yield mark
+        if not mark.keep:
+            path.unlink()
+
+    def _clean_up_after_a_dead_writer(self) -> None:
+        """Its debris, then every index, space and object no revision uses."""
+        self._remove_debris()
+        self._collect_garbage(None)
 
     def _remove_debris(self) -> bool:
         """Remove what an interrupted apply, activate or prune left behind."""
@@ -892,12 +909,13 @@ class LocalTarget:
             self._remove_debris()
             self._collect_garbage(None)
 
-    def _prune(self, *, everything: bool = False) -> None:
+    def _prune(self, *, everything: bool = False) -> bool:
         """Remove old revisions beyond ``keep``, never the current or the previous one, then
         the indexes and spaces only they used (or, with ``everything``, every index and space
-        no revision uses).
+        no revision uses). False when it failed part of the way.
 
-        The apply has already succeeded: a failure here is left for the next apply to retry.
+        The apply has already succeeded: a failure here is left for the next writer to retry
+        (its caller leaves the writer's mark).
         The pruned revisions stay (renamed away, as debris) until their spaces are collected,
         so that a crash in between leads the next writer to a whole collection.
         """
@@ -916,6 +934,8 @@ class LocalTarget:
                 self._collect_garbage(None if everything else unused)
             for folder in trash:
                 shutil.rmtree(folder)
+            return True
+        return False
 
     def _refs_of(self, dirname: str) -> _Refs:
         """The spaces and indexes a revision folder uses: from its manifest, or, when that is
