@@ -46,18 +46,31 @@ def test_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_the_callers_other_work_runs_once_either_way(
-    sample: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_callers_other_work_runs_once_and_its_error_is_its_own(
+    sample: Path, monkeypatch: pytest.MonkeyPatch, workers: str, fails: bool
 ) -> None:
+    """``meanwhile`` runs once, with workers or without; its error is raised as it is, not
+    taken for a failure of the pool (which would run it again)."""
     monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
     monkeypatch.setenv("HEADWATER_WORKERS", workers)
     ran: list[int] = []
+
+    def meanwhile() -> None:
+        ran.append(1)
+        if fails:
+            raise OSError(2, "the caller's own failure")
+
     with GitRepo(sample) as repo:
         items = _items(repo)
         registry = snapshot.load(repo, "HEAD").registry
-        results = flowbatch.validate_many(repo, items, registry, [], meanwhile=lambda: ran.append(len(ran)))
-    assert ran == [0]
-    assert results.keys() == {item[1] for item in items}
+        if fails:
+            with pytest.raises(OSError, match="the caller's own failure"):
+                flowbatch.validate_many(repo, items, registry, [], meanwhile=meanwhile)
+        else:
+            results = flowbatch.validate_many(repo, items, registry, [], meanwhile=meanwhile)
+            assert results.keys() == {item[1] for item in items}
+    assert ran == [1]
 
 
 def test_a_loaded_snapshot_is_the_same_with_workers_or_without(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -71,23 +84,3 @@ def test_a_loaded_snapshot_is_the_same_with_workers_or_without(sample: Path, mon
     assert alone.configs.keys() == shared.configs.keys() and alone.configs
     assert alone.diagnostics == shared.diagnostics
     assert alone.parsed == shared.parsed and alone.flows == shared.flows
-
-
-@pytest.mark.parametrize("workers", ["0", "2"])
-def test_an_error_of_the_callers_work_is_raised_once_not_taken_for_the_pools(
-    sample: Path, monkeypatch: pytest.MonkeyPatch, workers: str
-) -> None:
-    monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
-    monkeypatch.setenv("HEADWATER_WORKERS", workers)
-    ran: list[int] = []
-
-    def failing() -> None:
-        ran.append(1)
-        raise OSError(2, "the caller's own failure")
-
-    with GitRepo(sample) as repo:
-        items = _items(repo)
-        registry = snapshot.load(repo, "HEAD").registry
-        with pytest.raises(OSError, match="the caller's own failure"):
-            flowbatch.validate_many(repo, items, registry, [], meanwhile=failing)
-    assert ran == [1]
