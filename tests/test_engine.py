@@ -463,7 +463,6 @@ def test_a_cold_plan_reads_each_blob_once_and_shows_what_git_holds(
     monkeypatch.setattr(GitRepo, "read_blobs", counting)
     with GitRepo(hw.repo) as repo, Engine(repo, Settings(state_dir=str(hw.state))) as engine:
         result = engine.plan("dev", "dev")
-        assert engine._just_read == {}  # nothing read is kept past the plan
         sources = set(result.desired.sources.values())
         files = {oid for key, oid in result.desired.sources.items() if key.kind == "file"}
         # A flow is also read to validate it; a namespace file only to hash and show it.

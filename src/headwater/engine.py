@@ -73,6 +73,9 @@ class Desired:
     missing_secrets: tuple[ResourceKey, ...]
     sources: dict[ResourceKey, str] = dataclasses.field(default_factory=dict)  # blob id of files and flows
     ns_keys: dict[NsKey, tuple[ResourceKey, ...]] = dataclasses.field(default_factory=dict)
+    # Blobs read to hash them while this was built (their hashes were not cached): the content
+    # loaded later comes from here first, so a cold plan reads each blob once, not twice.
+    read: dict[str, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass
@@ -130,7 +133,6 @@ class Engine:
         self._targets: dict[str, LocalTarget] = {}
         self._resident: dict[str, _Resident] = {}
         self._unprimable: dict[str, str] = {}  # instance -> applied revision prime() refused
-        self._just_read: dict[str, bytes] = {}  # blobs the last ``_blob_hashes`` read (``_read_blobs``)
 
     def close(self) -> None:
         self.cache.close()
@@ -211,8 +213,8 @@ class Engine:
         views = [view.namespaces[k] for k in namespaces if k in view.namespaces]
         oids = {info.entry.oid for ns in views for info in ns.flows.values()}
         oids |= {entry.oid for ns in views for (_o, entry) in ns.files.values()}
-        hashes = self._blob_hashes(oids)
-        blobs = self._read_blobs(oids) if content else {}
+        hashes, read = self._blob_hashes(oids)
+        blobs = _with_read(self.repo, read, oids) if content else {}
         if base is None:
             state: State = {}
             calls: dict[ResourceKey, set[ResourceKey]] = {}
@@ -275,27 +277,18 @@ class Engine:
                     if info.refs is not None:
                         calls[key] = _callees(tenant, info.refs)
                 ns_keys[(tenant, name)] = tuple(here)
-        return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources, ns_keys)
+        return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources, ns_keys, read)
 
-    def _blob_hashes(self, oids: set[str]) -> dict[str, tuple[str, bool]]:
-        """sha256 and binary flag of each blob, from the cache or read once and remembered."""
+    def _blob_hashes(self, oids: set[str]) -> tuple[dict[str, tuple[str, bool]], dict[str, bytes]]:
+        """sha256 and binary flag of each blob, from the cache or read once and remembered;
+        and the blobs it read."""
         result = self.cache.blob_hashes(oids)
         fresh: dict[str, tuple[str, bool]] = {}
         read = self.repo.read_blobs([o for o in oids if o not in result])
         for oid, data in read.items():
             result[oid] = fresh[oid] = (content_hash(data), is_binary(data))
         self.cache.put_blob_hashes(fresh)
-        self._just_read = read
-        return result
-
-    def _read_blobs(self, oids: Iterable[str]) -> dict[str, bytes]:
-        """The content of blobs, those ``_blob_hashes`` has just read served without reading
-        them again (a cold plan otherwise reads every blob twice: to hash it, then to show it).
-        Blobs are content-addressed: what is served is what Git would give."""
-        kept, self._just_read = self._just_read, {}
-        wanted = sorted(set(oids))
-        found = self.repo.read_blobs(o for o in wanted if o not in kept)
-        return {o: kept[o] if o in kept else found[o] for o in wanted}
+        return result, read
 
     def with_content(self, desired: Desired, keys: Iterable[ResourceKey] | None = None) -> Desired:
         """``desired`` with the content of ``keys`` (default: every blob resource) loaded."""
@@ -303,7 +296,7 @@ class Engine:
                   if k in desired.sources and desired.state[k].content is None]
         if not wanted:
             return desired
-        blobs = self._read_blobs({desired.sources[k] for k in wanted})
+        blobs = _with_read(self.repo, desired.read, {desired.sources[k] for k in wanted})
         state = dict(desired.state)
         for k in wanted:
             res = state[k]
@@ -325,12 +318,6 @@ class Engine:
     @heap.paused()
     def plan(self, instance: str, rev: str) -> PlanResult:
         """What applying ``rev`` to the instance would change, drift included."""
-        try:
-            return self._plan(instance, rev)
-        finally:
-            self._just_read = {}
-
-    def _plan(self, instance: str, rev: str) -> PlanResult:
         snap = self.valid_snapshot(rev, instance)
         target = self.target(instance)
         actual = target.inventory()
@@ -348,12 +335,6 @@ class Engine:
     @heap.paused()
     def compare(self, instance: str, base: str, head: str) -> PlanResult:
         """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed."""
-        try:
-            return self._compare(instance, base, head)
-        finally:
-            self._just_read = {}
-
-    def _compare(self, instance: str, base: str, head: str) -> PlanResult:
         head_snap = self.valid_snapshot(head, instance)
         head_state = self.desired(head_snap, instance, content=False)
         base_snap = self.load(base)
@@ -390,21 +371,6 @@ class Engine:
         apply of a descendant commit then works from ``git diff-tree`` and touches only the
         namespaces the change reaches (``_apply_changes``).
         """
-        try:
-            return self._apply(instance, rev, trigger, allow_mass_delete, saved, action, confirm)
-        finally:
-            self._just_read = {}
-
-    def _apply(
-        self,
-        instance: str,
-        rev: str,
-        trigger: str | None,
-        allow_mass_delete: bool,
-        saved: planning.Plan | None,
-        action: str,
-        confirm: Callable[[planning.Plan], bool] | None,
-    ) -> PlanResult:
         trigger = trigger or default_trigger()
         if saved is None and action == "apply":
             done = self._apply_changes(instance, rev, trigger, allow_mass_delete, confirm)
@@ -540,7 +506,7 @@ class Engine:
 
     def _loaded(self, desired: Desired, keys: list[ResourceKey]) -> State:
         """The resources ``keys`` of ``desired``, with their content (read in one batch)."""
-        blobs = self._read_blobs({desired.sources[k] for k in keys if k in desired.sources})
+        blobs = _with_read(self.repo, desired.read, {desired.sources[k] for k in keys if k in desired.sources})
         result: State = {}
         for k in keys:
             res = desired.state[k]
@@ -656,6 +622,14 @@ class Engine:
 class _NoSecrets:
     def get(self, tenant: str, namespace: str, name: str) -> str | None:
         return None
+
+
+def _with_read(repo: GitRepo, read: dict[str, bytes], oids: Iterable[str]) -> dict[str, bytes]:
+    """The content of blobs ``oids``: from ``read`` (blobs already in memory) where it has
+    them, else read now. Blobs are content-addressed: either way it is what Git holds."""
+    wanted = sorted(set(oids))
+    found = repo.read_blobs(o for o in wanted if o not in read)
+    return {o: read[o] if o in read else found[o] for o in wanted}
 
 
 def ns_source(snap: snapshot.Snapshot, tenant: str, namespace: str) -> str:
