@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from headwater import snapshot
-from headwater.cache import ResultCache
+from headwater.cache import _BOUNDS, ResultCache
 from headwater.gitrepo import GitRepo
 from tests.gitutil import commit, git
 
@@ -73,6 +73,19 @@ def test_the_rows_written_longest_ago_go_beyond_max_rows(tmp_path: Path) -> None
             cache.put_blob_hashes({f"{i:040x}": ("sha256:" + "1" * 64, False)})
         hashes = cache.blob_hashes(f"{i:040x}" for i in range(15))
         assert 9 <= len(hashes) <= 10 and f"{14:040x}" in hashes and f"{0:040x}" not in hashes
+
+
+@pytest.mark.parametrize("table", ["entries", "blob_hashes"])
+def test_eviction_looks_up_the_rowid_bounds_without_a_scan(tmp_path: Path, table: str) -> None:
+    """It runs at every write: two index lookups, never a scan of the table."""
+    with ResultCache(tmp_path / "c.db") as cache:
+        cache.put_many({"a": 1})
+    db = sqlite3.connect(tmp_path / "c.db")
+    plan = db.execute("EXPLAIN QUERY PLAN " + _BOUNDS.format(table=table)).fetchall()
+    db.close()
+    steps = [row[-1] for row in plan]
+    assert not any(step.startswith("SCAN") and table in step for step in steps), steps
+    assert sum(step.startswith("SEARCH") for step in steps) == 2, steps
 
 
 def test_a_replaced_row_counts_as_written_last(tmp_path: Path) -> None:

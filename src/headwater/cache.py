@@ -216,7 +216,7 @@ class ResultCache:
         with the next rowid), by rowid range: two lookups of the rowid index, and a range
         delete once in a while. Within the caller's transaction."""
         assert self._db is not None
-        low, high = self._db.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
+        low, high = self._db.execute(_BOUNDS.format(table=table)).fetchone()
         if low is not None and high - low >= self.max_rows:
             # down to nine tenths, so that this is not done again at the next write
             keep = max(1, self.max_rows * 9 // 10)
@@ -231,6 +231,9 @@ class ResultCache:
 
 
 _TORN = object()
+# Two subqueries, each one lookup of the rowid index: a single SELECT of both min() and max()
+# scans the whole table (44 ms on 145k rows, at every write).
+_BOUNDS = "SELECT (SELECT min(rowid) FROM {table}), (SELECT max(rowid) FROM {table})"
 
 
 def _decode(checksum: str, payload: bytes) -> Any:
