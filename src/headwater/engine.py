@@ -96,7 +96,7 @@ class _Resident:
     known: set[NsKey]
 
 
-def _resident(snap: snapshot.Snapshot, calls: dict[ResourceKey, set[ResourceKey]], size: int) -> _Resident:
+def _fresh_resident(snap: snapshot.Snapshot, calls: dict[ResourceKey, set[ResourceKey]], size: int) -> _Resident:
     """A resident state with nothing built yet (see ``_Resident``)."""
     return _Resident(snap, Desired(snap.revision, {}, calls, {}, ()), {}, size, set())
 
@@ -401,7 +401,7 @@ class Engine:
                 and target.current_revision() == snap.revision
                 and self.store.get(instance).applied_revision == snap.revision
             ):
-                self._resident[instance] = _resident(snap, bare.calls, len(inventory))
+                self._resident[instance] = _fresh_resident(snap, bare.calls, len(inventory))
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             # The target rebuilds the namespaces that change; it reuses the others by hash.
@@ -419,7 +419,7 @@ class Engine:
             self._write(instance, snap.revision, write)
             self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
         if action == "apply":
-            self._resident[instance] = _resident(snap, bare.calls, len(inventory))
+            self._resident[instance] = _fresh_resident(snap, bare.calls, len(inventory))
         return PlanResult(result, desired, snap)
 
     def _apply_changes(
@@ -537,7 +537,7 @@ class Engine:
             return False
         # The desired state and inventory of a namespace are built when a change reaches it;
         # the call graph (to order flows) is the whole commit's from the start.
-        self._resident[instance] = _resident(snap, _calls(snap.view(instance)), self.store.inventory_size(instance))
+        self._resident[instance] = _fresh_resident(snap, _calls(snap.view(instance)), self.store.inventory_size(instance))
         return True
 
     def primed(self, instance: str) -> bool:

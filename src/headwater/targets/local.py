@@ -262,9 +262,10 @@ class LocalTarget:
             # Leftovers of a crash are removed on open, unless a writer is at work right now.
             with contextlib.suppress(OSError), self._exclusive(wait=0.0) as locked:
                 if locked:
-                    if self._remove_debris() or (self.root / _WRITING).exists():
+                    mark = self.root / _WRITING  # left by a writer that died
+                    if self._remove_debris() or mark.exists():
                         self._collect_garbage(None)
-                    (self.root / _WRITING).unlink(missing_ok=True)
+                    mark.unlink(missing_ok=True)
 
     # -- reading ---------------------------------------------------------------------------
 
