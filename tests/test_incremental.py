@@ -467,7 +467,7 @@ def test_an_applied_commit_the_rules_now_refuse_is_not_primed_twice(
     state = tmp_path / "state"
     with open_engine(repo_dir, state) as engine:
         engine.apply("dev", "HEAD", trigger="test")
-    real_check, real_load = Engine.check, Engine.load
+    real_check, real_load, real_partial = Engine.check, Engine.load, snapshot.load_partial
     loads: list[str] = []
 
     def stricter(self: Engine, snap: snapshot.Snapshot, instance: str) -> list[Diagnostic]:
@@ -477,8 +477,13 @@ def test_an_applied_commit_the_rules_now_refuse_is_not_primed_twice(
         loads.append(rev)
         return real_load(self, rev)
 
+    def counted_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) -> snapshot.Snapshot | None:
+        loads.append(rev)
+        return real_partial(repo, rev, instance, cache=cache)
+
     monkeypatch.setattr(Engine, "check", stricter)
     monkeypatch.setattr(Engine, "load", counted)
+    monkeypatch.setattr(snapshot, "load_partial", counted_partial)
     with open_engine(repo_dir, state) as restarted:
         assert not restarted.prime("dev") and not restarted.prime("dev")
         assert len(loads) == 1

@@ -11,7 +11,7 @@ import dataclasses
 import getpass
 import json
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -401,7 +401,7 @@ class Engine:
                 and target.current_revision() == snap.revision
                 and self.store.get(instance).applied_revision == snap.revision
             ):
-                self._resident[instance] = _fresh_resident(snap, bare.calls, len(inventory))
+                self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)))
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             # The target rebuilds the namespaces that change; it reuses the others by hash.
@@ -419,8 +419,14 @@ class Engine:
             self._write(instance, snap.revision, write)
             self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
         if action == "apply":
-            self._resident[instance] = _fresh_resident(snap, bare.calls, len(inventory))
+            self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)))
         return PlanResult(result, desired, snap)
+
+    def _keep(self, instance: str, resident: _Resident) -> None:
+        """Keep what the instance holds now for its next incremental apply; the commit's
+        summary lets a restarted engine start from it without loading it whole."""
+        self._resident[instance] = resident
+        snapshot.remember_summary(resident.snapshot, instance)
 
     def _apply_changes(
         self,
@@ -442,6 +448,11 @@ class Engine:
         if resident is None:
             return None
         update = snapshot.update(resident.snapshot, self.repo, rev, cache=self.cache)
+        if update is not None and update.filled:
+            # Tenants a partly loaded snapshot (``prime``) loaded for this change: their call
+            # graph joins the resident's, which is valid at its commit whatever comes next.
+            resident = self._resident[instance] = dataclasses.replace(resident, snapshot=update.base)
+            resident.desired.calls.update(_calls(update.base.view(instance), update.filled))
         if update is None or instance not in update.snapshot.instances:
             return None
         if update.snapshot.revision == resident.snapshot.revision:
@@ -488,7 +499,7 @@ class Engine:
             else:
                 size += k not in inventory
                 inventory[k] = h
-        self._resident[instance] = _Resident(snap, bare, inventory, size, resident.known)
+        self._keep(instance, _Resident(snap, bare, inventory, size, resident.known))
         return PlanResult(result, bare, snap, incremental=True)
 
     def _complete(self, instance: str, resident: _Resident, namespaces: Iterable[NsKey]) -> None:
@@ -529,15 +540,24 @@ class Engine:
             return False
         if self.target(instance).current_revision() != revision or self._unprimable.get(instance) == revision:
             return False
-        snap = self.load(revision)
+        # The tenants of the commit are loaded when a change reaches them, from what the
+        # last apply recorded of it; without that record, the whole commit now.
+        snap = snapshot.load_partial(self.repo, revision, instance, cache=self.cache)
+        whole = snap is None
+        if snap is None:
+            snap = self.load(revision)
         if instance not in snap.instances or any(d.severity == "error" for d in self.check(snap, instance)):
             # e.g. rules that changed since it was applied: the full path decides; not loaded
             # again for this revision (the daemon asks at every poll)
             self._unprimable[instance] = revision
             return False
         # The desired state and inventory of a namespace are built when a change reaches it;
-        # the call graph (to order flows) is the whole commit's from the start.
-        self._resident[instance] = _fresh_resident(snap, _calls(snap.view(instance)), self.store.inventory_size(instance))
+        # the call graph (to order flows) is that of the tenants loaded.
+        resident = _fresh_resident(snap, _calls(snap.view(instance)), self.store.inventory_size(instance))
+        if whole:
+            self._keep(instance, resident)
+        else:
+            self._resident[instance] = resident
         return True
 
     def primed(self, instance: str) -> bool:
@@ -648,11 +668,13 @@ def _callees(tenant: str, refs: FlowReferences) -> set[ResourceKey]:
     }
 
 
-def _calls(view: snapshot.InstanceView) -> dict[ResourceKey, set[ResourceKey]]:
-    """The call graph of every flow an instance view holds, as ``Desired.calls``."""
+def _calls(view: snapshot.InstanceView, tenants: Collection[str] | None = None) -> dict[ResourceKey, set[ResourceKey]]:
+    """The call graph of every flow an instance view holds (of ``tenants`` only, if given),
+    as ``Desired.calls``."""
     return {
         ResourceKey(ns.tenant, ns.name, "flow", fid): _callees(ns.tenant, info.refs)
         for ns in view.namespaces.values()
+        if tenants is None or ns.tenant in tenants
         for fid, info in ns.flows.items()
         if info.refs is not None
     }

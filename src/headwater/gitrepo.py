@@ -145,10 +145,11 @@ class GitRepo:
 
     # -- trees and blobs -------------------------------------------------------------------
 
-    def ls_tree(self, rev: str) -> list[TreeEntry]:
-        """Every path of the commit's tree with mode, type, blob id and size, in one call."""
+    def ls_tree(self, rev: str, paths: Sequence[str] = ()) -> list[TreeEntry]:
+        """Every path of the commit's tree with mode, type, blob id and size, in one call;
+        with ``paths``, only those files and the files below those folders."""
         sha = self.resolve(rev)
-        out = self._run(["ls-tree", "-r", "-z", "-l", "--full-tree", sha])
+        out = self._run(["ls-tree", "-r", "-z", "-l", "--full-tree", sha, *(["--", *paths] if paths else [])])
         entries: list[TreeEntry] = []
         for record in out.split(b"\0"):
             if not record:

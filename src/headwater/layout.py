@@ -80,6 +80,11 @@ def _bad_path(path: str) -> bool:
     return "//" in wrapped or "/./" in wrapped or "/../" in wrapped or "\0" in path or "\\" in path
 
 
+def flagged_anywhere(path: str, mode: str) -> bool:
+    """Whether ``build`` reports this path wherever it is, inside ``tenants/`` or not."""
+    return mode == MODE_SUBMODULE or _bad_path(path)
+
+
 def build(
     entries: Iterable[TreeEntry],
     *,

@@ -11,9 +11,9 @@ import dataclasses
 import fnmatch
 import functools
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import pathspec
 
@@ -103,6 +103,30 @@ class InstanceView:
         return sorted(found, key=lambda d: (d.path, d.line or 0, d.code, d.message))
 
 
+@dataclass(frozen=True)
+class Partial:
+    """What a snapshot loaded tenant by tenant for one instance (``load_partial``) knows of
+    the tenant folders it has not loaded: their diagnostics for that instance, recorded when
+    the commit was last checked whole (``remember_summary``). Diagnostics outside every tenant
+    folder are under ``""``: the root files, which it does load, may repeat some of them."""
+
+    instance: str
+    absent: Mapping[str, tuple[Diagnostic, ...]]  # tenant folder name → its diagnostics
+    outside: tuple[Diagnostic, ...] = ()
+
+
+class _Root(NamedTuple):
+    """What ``headwater.yaml`` and ``.headwaterignore`` of a commit say, parsed."""
+
+    doc: yamlio.Document | None
+    diagnostics: list[Diagnostic]
+    instances: dict[str, InstanceSpec]
+    max_bytes: int
+    extra: tuple[str, ...]
+    registry: TypeRegistry
+    ignored: Callable[[str], bool] | None
+
+
 @dataclass
 class Snapshot:
     revision: str
@@ -120,10 +144,15 @@ class Snapshot:
     max_file_bytes: int = _MAX_FILE_BYTES
     extra_types: tuple[str, ...] = ()
     cache: ResultCache | None = field(default=None, repr=False, compare=False)
+    # Set when only some tenants are loaded (``load_partial``): then the snapshot serves one
+    # instance, and ``update`` loads a tenant the first time a change reaches it.
+    partial: Partial | None = None
+    _root: _Root | None = field(default=None, repr=False, compare=False)
     _views: dict[str, InstanceView] = field(default_factory=dict)
     _paths: dict[str, tuple[str, str, str, str]] | None = None
 
     def view(self, instance: str) -> InstanceView:
+        self._only(instance)
         cached = self._views.get(instance)
         if cached is None:
             with heap.paused():
@@ -151,7 +180,11 @@ class Snapshot:
     def report(self, instances: Iterable[str]) -> list[Diagnostic]:
         """Every diagnostic for the given instances, instance-specific ones labelled."""
         names = list(instances)
+        for name in names:
+            self._only(name)
         result = list(self.diagnostics)
+        if self.partial is not None:
+            result += [*self.partial.outside, *(d for found in self.partial.absent.values() for d in found)]
         counts: dict[Diagnostic, list[str]] = {}
         for name in names:
             for diag in self.view(name).diagnostics:
@@ -168,6 +201,10 @@ class Snapshot:
                     )
                 )
         return sorted(set(result), key=lambda d: (d.path, d.line or 0, d.column or 0, d.code, d.message))
+
+    def _only(self, instance: str) -> None:
+        if self.partial is not None and instance != self.partial.instance:
+            raise ValueError(f"a snapshot loaded for instance {self.partial.instance!r} asked about {instance!r}")
 
 
 # -- caches ----------------------------------------------------------------------------------
@@ -223,9 +260,54 @@ def load(
     """
     sha = repo.resolve(rev)
     entries = repo.ls_tree(sha)
+    root = _read_root(repo, [e for e in entries if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)], extra_types)
+    return _load(repo, sha, entries, root, cache)
+
+
+@heap.paused()
+def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) -> Snapshot | None:
+    """The commit ``rev`` for ``instance`` with its root files loaded and no tenant yet, in
+    time independent of its size: what the tenants hold for the instance comes from the
+    summary ``remember_summary`` recorded in ``cache`` (None when there is none, for this
+    commit and this code). ``update`` loads a tenant when a change reaches it."""
+    sha = repo.resolve(rev)
+    entries = repo.ls_tree(sha, [layout.REPO_CONFIG, layout.IGNORE_FILE])
+    root = _read_root(repo, entries, ())
+    summary = cache.get_many([_summary_key(sha, instance, root)]).get(_summary_key(sha, instance, root))
+    if not isinstance(summary, dict) or not all(isinstance(v, tuple) for v in summary.values()):
+        return None
+    snap = _load(repo, sha, entries, root, cache)
+    snap.partial = Partial(instance, {k: v for k, v in summary.items() if k}, summary.get("", ()))
+    return snap
+
+
+def remember_summary(snap: Snapshot, instance: str) -> None:
+    """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics) in
+    the result cache, for ``load_partial`` (e.g. a restarted daemon) to do without loading it."""
+    if snap.cache is None or snap._root is None:
+        return
+    summary: dict[str, list[Diagnostic]] = {name: [] for name in snap.layout.tenants}
+    if snap.partial is not None:
+        summary.update((name, list(found)) for name, found in snap.partial.absent.items())
+    for diag in snap.report([instance]):
+        summary.setdefault(_tenant_folder(diag.path), []).append(diag)
+    record = {name: tuple(found) for name, found in summary.items()}
+    snap.cache.put_many({_summary_key(snap.revision, instance, snap._root): record})
+
+
+def _summary_key(sha: str, instance: str, root: _Root) -> str:
+    return cache_key("summary", sha, instance, root.registry.fingerprint, model_fingerprint())
+
+
+def _tenant_folder(path: str) -> str:
+    """The tenant folder a repository path is in ("" outside ``tenants/``)."""
+    head, _, rest = path.partition("/")
+    return rest.partition("/")[0] if head == layout.TENANTS_DIR else ""
+
+
+def _read_root(repo: GitRepo, entries: Iterable[TreeEntry], extra_types: Iterable[str]) -> _Root:
     by_path = {e.path: e for e in entries}
     diags: list[Diagnostic] = []
-
     first = [by_path[p] for p in (layout.REPO_CONFIG, layout.IGNORE_FILE) if p in by_path]
     early = repo.read_blobs(e.oid for e in first)
     ignored = None
@@ -246,13 +328,19 @@ def load(
                        hint="run `headwater init` or add a headwater.yaml with `version: 1` and `instances:`")
         )
     repo_value: Mapping[str, Any] = repo_doc.value if repo_doc is not None else {}
-    instances = _instances(repo_value)
     max_bytes = _get(repo_value, "limits", "maxFileBytes", default=layout.DEFAULT_MAX_FILE_BYTES)
-    extra = list(extra_types) + list(_get(repo_value, "types", "extra", default=[]) or [])
-    registry = TypeRegistry.builtin(extra)
+    extra = (*extra_types, *(_get(repo_value, "types", "extra", default=[]) or []))
+    return _Root(repo_doc, diags, _instances(repo_value), int(max_bytes), extra, TypeRegistry.builtin(extra), ignored)
 
-    tree = layout.build(entries, ignored=ignored, max_file_bytes=int(max_bytes))
-    diags.extend(tree.diagnostics)
+
+def _load(
+    repo: GitRepo, sha: str, entries: Iterable[TreeEntry], root: _Root, cache: ResultCache | None,
+    *, root_diagnostics: bool = True,
+) -> Snapshot:
+    """The snapshot of ``entries`` (all of the commit's, or its root files and some tenants')."""
+    registry, extra = root.registry, list(root.extra)
+    tree = layout.build(entries, ignored=root.ignored, max_file_bytes=root.max_bytes)
+    diags = [*root.diagnostics, *tree.diagnostics] if root_diagnostics else list(tree.diagnostics)
 
     config_entries = [t.config for t in tree.tenants.values() if t.config is not None]
     config_entries += [
@@ -303,10 +391,43 @@ def load(
     store.put_many(fresh)
 
     return Snapshot(
-        sha, tree, repo_doc, instances, configs, flows, [*diags, *_flatten(parsed)], registry,
-        fixed_diagnostics=diags, parsed=parsed, max_file_bytes=int(max_bytes), extra_types=tuple(extra),
-        cache=cache,
+        sha, tree, root.doc, root.instances, configs, flows, [*diags, *_flatten(parsed)], registry,
+        fixed_diagnostics=diags, parsed=parsed, max_file_bytes=root.max_bytes, extra_types=root.extra,
+        cache=cache, _root=root,
     )
+
+
+def _fill(snap: Snapshot, repo: GitRepo, tenants: Collection[str]) -> Snapshot:
+    """``snap`` (loaded partially) with the tenant folders ``tenants`` loaded too, at its
+    commit; its views gain them."""
+    assert snap.partial is not None and snap._root is not None
+    names = sorted(t for t in tenants if t in snap.partial.absent)
+    if not names:
+        return snap
+    entries = repo.ls_tree(snap.revision, [f"{layout.TENANTS_DIR}/{name}" for name in names])
+    piece = _load(repo, snap.revision, entries, snap._root, snap.cache, root_diagnostics=False)
+    tree = dataclasses.replace(
+        snap.layout, tenants={**snap.layout.tenants, **piece.layout.tenants},
+        diagnostics=[*snap.layout.diagnostics, *piece.layout.diagnostics],
+    )
+    fixed = [*snap.fixed_diagnostics, *piece.fixed_diagnostics]
+    parsed = {**snap.parsed, **piece.parsed}
+    absent = {name: found for name, found in snap.partial.absent.items() if name not in names}
+    filled = dataclasses.replace(
+        snap, layout=tree, configs={**snap.configs, **piece.configs}, flows={**snap.flows, **piece.flows},
+        diagnostics=[*fixed, *_flatten(parsed)], fixed_diagnostics=fixed, parsed=parsed,
+        partial=dataclasses.replace(snap.partial, absent=absent), _views={}, _paths=None,
+    )
+    for name, view in snap._views.items():
+        grown = InstanceView(
+            view.spec, dict(view.namespaces), dict(view.parts), view.root, dict(view.bases), dict(view.files_inherit)
+        )
+        for tenant in (filled.layout.tenants[t] for t in names if t in piece.layout.tenants):
+            if view.spec.carries(tenant.name):
+                _tenant_view(filled, grown, tenant)
+                _check_all(filled, grown, [(tenant.name, ns) for ns in tenant.namespaces])
+        filled._views[name] = grown
+    return filled
 
 
 def _flatten(parsed: Mapping[str, list[Diagnostic]]) -> list[Diagnostic]:
@@ -367,31 +488,45 @@ def _build_view(snap: Snapshot, spec: InstanceSpec) -> InstanceView:
     view = InstanceView(spec, {}, {"": found}, root, {}, {})
     for tenant in sorted(snap.layout.tenants.values(), key=lambda t: t.name):
         if spec.carries(tenant.name):
-            _tenant_base(snap, view, tenant)
-            for name in sorted(tenant.namespaces, key=_depth_order):
-                _namespace_view(snap, view, tenant, name, merge=True)
+            _tenant_view(snap, view, tenant)
     _check_all(snap, view)
     return view
 
 
-def _check_all(snap: Snapshot, view: InstanceView) -> None:
-    """The reference checks of every namespace of ``view``: from the result cache when this
-    commit was checked for this instance before (by the same code and types), else run."""
-    keys = list(view.namespaces)
-    if snap.cache is None:
-        for key in keys:
-            _check(snap, view, key)
-        return
-    ckey = _checks_key(snap, view)
-    found = snap.cache.get_many([ckey]).get(ckey)
-    if isinstance(found, tuple) and len(found) == 2 and found[0] == len(keys):
-        by_ns: dict[NsKey, list[Diagnostic]] = found[1]
-        for key in keys:
+def _tenant_view(snap: Snapshot, view: InstanceView, tenant: layout.Tenant) -> None:
+    """Add a tenant's namespaces to ``view`` (checks apart)."""
+    _tenant_base(snap, view, tenant)
+    for name in sorted(tenant.namespaces, key=_depth_order):
+        _namespace_view(snap, view, tenant, name, merge=True)
+
+
+def _check_all(snap: Snapshot, view: InstanceView, keys: list[NsKey] | None = None) -> None:
+    """The reference checks of namespaces ``keys`` of ``view`` (all by default): from the
+    result cache when this commit was checked whole for this instance before (by the same
+    code and types), else run."""
+    wanted = list(view.namespaces) if keys is None else keys
+    whole = keys is None and snap.partial is None
+    by_ns = _cached_checks(snap, view, len(wanted) if whole else None)
+    if by_ns is not None:
+        for key in wanted:
             view.parts[("check", *key)] = list(by_ns.get(key, ()))
         return
-    for key in keys:
+    for key in wanted:
         _check(snap, view, key)
-    _remember_checks(snap, view)
+    if whole:
+        _remember_checks(snap, view)
+
+
+def _cached_checks(snap: Snapshot, view: InstanceView, count: int | None) -> dict[NsKey, list[Diagnostic]] | None:
+    """The checks recorded for the commit and instance by namespace (those with a problem),
+    if any (of ``count`` namespaces, when given: a view built whole must match)."""
+    if snap.cache is None:
+        return None
+    ckey = _checks_key(snap, view)
+    found = snap.cache.get_many([ckey]).get(ckey)
+    if isinstance(found, tuple) and len(found) == 2 and isinstance(found[1], dict) and count in (None, found[0]):
+        return found[1]
+    return None
 
 
 def _checks_key(snap: Snapshot, view: InstanceView) -> str:
@@ -399,8 +534,9 @@ def _checks_key(snap: Snapshot, view: InstanceView) -> str:
 
 
 def _remember_checks(snap: Snapshot, view: InstanceView) -> None:
-    """Cache the reference checks of ``view`` for its commit (see ``_check_all``)."""
-    if snap.cache is not None:
+    """Cache the reference checks of ``view`` for its commit (see ``_check_all``): those of
+    whole views only."""
+    if snap.cache is not None and snap.partial is None:
         found = {
             (k[1], k[2]): diags for k, diags in view.parts.items()
             if isinstance(k, tuple) and k[0] == "check" and diags
@@ -462,6 +598,10 @@ class Update:
 
     snapshot: Snapshot
     changed: dict[str, tuple[str, str, str, str]]  # path → its place (``Snapshot.path_index``)
+    # The snapshot it was derived from: the earlier one, or (loaded partially) that one with
+    # the tenants the change reaches loaded too, listed in ``filled``.
+    base: Snapshot
+    filled: tuple[str, ...] = ()
     # Per instance: namespaces whose effective config was recomputed (below a changed
     # namespace.yaml or tenant.yaml), and every namespace whose resources may differ.
     remerged: dict[str, set[NsKey]] = field(default_factory=dict)
@@ -479,23 +619,34 @@ def update(
     limit…): then ``load`` the commit instead. The result equals what ``load`` gives.
     """
     sha = repo.resolve(rev)
+    changes = repo.changes(old.revision, sha)
+    filled: tuple[str, ...] = ()
+    if old.partial is not None:
+        filled = tuple(sorted({_tenant_folder(c.path) for c in changes} & old.partial.absent.keys()))
+        old = _fill(old, repo, filled)
     index = old.path_index()
     changed: dict[str, tuple[str, str, str, str]] = {}
     new_oids: dict[str, str] = {}
-    for change in repo.changes(old.revision, sha):
+    for change in changes:
         if change.path in (layout.REPO_CONFIG, layout.IGNORE_FILE):
             return None
         place = index.get(change.path)
         if place is None:
             if change.path.startswith(layout.TENANTS_DIR + "/"):
                 return None  # a path the model ignores today (or a new one) may count tomorrow
+            if any(layout.flagged_anywhere(change.path, mode) for mode in (change.old_mode, change.new_mode)):
+                return None  # e.g. a submodule added or removed next to README: reported anywhere
             continue  # README, CI files: outside the model
         if change.status != "M" or change.old_mode != change.new_mode:
             return None
         changed[change.path] = place
         new_oids[change.path] = change.new_oid
+    base = old
     if not changed:
-        return Update(dataclasses.replace(old, revision=sha, cache=cache, _views=dict(old._views), _paths=old._paths), {})
+        return Update(
+            dataclasses.replace(old, revision=sha, cache=cache, _views=dict(old._views), _paths=old._paths),
+            {}, base, filled,
+        )
 
     blobs = repo.read_blobs(new_oids.values())
     if any(len(blobs[oid]) > old.max_file_bytes for oid in new_oids.values()):
@@ -541,7 +692,7 @@ def update(
         old, revision=sha, layout=tree, configs=configs, flows=flows, parsed=parsed,
         diagnostics=diagnostics, cache=cache, _views={}, _paths=old._paths,
     )
-    result = Update(snap, changed)
+    result = Update(snap, changed, base, filled)
     for name, view in old._views.items():
         spec = snap.instances[name]
         snap._views[name], result.remerged[name], result.touched[name] = _update_view(snap, spec, view, changed)

@@ -1,0 +1,249 @@
+"""Snapshots loaded tenant by tenant (``snapshot.load_partial``): what a restarted daemon
+starts from. Each must say what the whole commit says, and grow into it as changes arrive."""
+
+from __future__ import annotations
+
+import itertools
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from headwater import snapshot
+from headwater.cache import ResultCache
+from headwater.engine import Engine, _calls
+from headwater.errors import Diagnostic
+from headwater.gitrepo import GitRepo
+from headwater.snapshot import NsKey
+from tests.gitutil import commit, git, sample_repo
+from tests.test_incremental import EDITS, SEQUENCE, Calls, apply_by, open_engine
+
+INSTANCES = ("dev", "prod")
+COMPANY = "tenants/acme/company"
+SUBFLOW_ELSEWHERE = (
+    "id: caller\nnamespace: ops\ntasks:\n  - id: call\n    type: io.kestra.plugin.core.flow.Subflow\n"
+    "    namespace: elsewhere.far\n    flowId: other\n"
+)
+BAD_VALIDATOR = (
+    "id: asks\nnamespace: company\ninputs:\n  - id: code\n    type: STRING\n    validator: \"([\"\n"
+    "tasks:\n  - id: hi\n    type: io.kestra.plugin.core.log.Log\n    message: hi\n"
+)
+# Problems in every place a diagnostic comes from: a flow's rules (acme), an instance's
+# reference checks (globex), the layout inside and outside tenant folders.
+WARNINGS = {
+    f"{COMPANY}/flows/asks.yaml": BAD_VALIDATOR,
+    "tenants/globex/ops/flows/caller.yaml": SUBFLOW_ELSEWHERE,
+}
+ERRORS = {
+    "tenants/NOTES.md": "a stray file under tenants/\n",
+    "tenants/Bad_Tenant/ops/flows/a.yaml": "id: a\n",
+    f"{COMPANY}/flows/broken.yaml": "id: broken\n  tasks: [\n",
+}
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path) -> Path:
+    path = sample_repo(tmp_path / "repo")
+    commit(path, "warnings", WARNINGS)
+    return path
+
+
+def whole(repo: GitRepo, rev: str, instance: str, cache: ResultCache) -> snapshot.Snapshot:
+    """The commit loaded whole, its summary recorded for ``instance``."""
+    snap = snapshot.load(repo, rev, cache=cache)
+    snap.view(instance)
+    snapshot.remember_summary(snap, instance)
+    return snap
+
+
+def partial(repo: GitRepo, rev: str, instance: str, cache: ResultCache) -> snapshot.Snapshot:
+    snap = snapshot.load_partial(repo, rev, instance, cache=cache)
+    assert snap is not None and snap.partial is not None
+    snap.view(instance)
+    return snap
+
+
+def assert_same_loaded(got: snapshot.Snapshot, want: snapshot.Snapshot, instance: str) -> None:
+    """``got`` says what ``want`` says, and holds the same of each tenant it loaded."""
+    assert got.revision == want.revision
+    assert got.report([instance]) == want.report([instance])
+    loaded = set(got.layout.tenants)
+    assert {t: want.layout.tenants[t] for t in loaded} == got.layout.tenants
+    assert got.flows == {k: v for k, v in want.flows.items() if k[0] in loaded}
+    assert got.configs == {p: d for p, d in want.configs.items() if snapshot._tenant_folder(p) in loaded}
+    namespaces = {k: v for k, v in want.view(instance).namespaces.items() if k[0] in loaded}
+    assert got.view(instance).namespaces == namespaces
+    assert got.partial is not None
+    assert not loaded & set(got.partial.absent)
+
+
+@pytest.mark.parametrize("problems", ["warnings", "errors"])
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_a_partial_snapshot_says_what_the_whole_commit_says(
+    repo_dir: Path, tmp_path: Path, instance: str, problems: str
+) -> None:
+    if problems == "errors":
+        commit(repo_dir, "errors", ERRORS)
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    want = whole(repo, "HEAD", instance, cache)
+    found = {d.code for d in want.report([instance])}
+    assert {"flow.input-invalid", "ref.subflow-external"} <= found
+    if problems == "errors":
+        assert {"layout.stray-file", "layout.bad-tenant", "yaml.syntax"} <= found
+    snap = partial(repo, "HEAD", instance, cache)
+    assert snap.layout.tenants == {} and snap.flows == {}
+    assert snap.partial is not None and set(snap.partial.absent) >= {"acme", "globex"}
+    assert_same_loaded(snap, want, instance)
+    # filled in any order and grouping, it stays the whole commit's
+    for size in (1, 2):
+        for group in itertools.combinations(["acme", "globex", "Bad_Tenant", "NOTES.md"], size):
+            grown = snapshot._fill(snap, repo, group)
+            assert_same_loaded(grown, want, instance)
+            assert_same_loaded(snapshot._fill(grown, repo, ["acme", "globex"]), want, instance)
+    assert_same_loaded(snap, want, instance)  # filling copies: the partial one is untouched
+
+
+def test_without_a_summary_for_this_commit_and_code_there_is_no_partial_load(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    assert snapshot.load_partial(repo, "HEAD", "dev", cache=cache) is None
+    whole(repo, "HEAD~1", "dev", cache)
+    assert snapshot.load_partial(repo, "HEAD", "dev", cache=cache) is None  # another commit
+    whole(repo, "HEAD", "dev", cache)
+    assert snapshot.load_partial(repo, "HEAD", "prod", cache=cache) is None  # another instance
+    assert snapshot.load_partial(repo, "HEAD", "dev", cache=cache) is not None
+    monkeypatch.setattr(snapshot, "model_fingerprint", lambda: "other code")
+    assert snapshot.load_partial(repo, "HEAD", "dev", cache=cache) is None
+
+
+def test_a_torn_summary_is_not_trusted(repo_dir: Path, tmp_path: Path) -> None:
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    whole(repo, "HEAD", "dev", cache)
+    cache.close()
+    db = sqlite3.connect(tmp_path / "cache.db")
+    db.execute("UPDATE entries SET payload = substr(payload, 1, length(payload) / 2)")
+    db.commit()
+    db.close()
+    with ResultCache(tmp_path / "cache.db") as again:
+        assert snapshot.load_partial(repo, "HEAD", "dev", cache=again) is None
+        assert again.dropped > 0
+
+
+def test_a_partial_snapshot_serves_its_instance_only(repo_dir: Path, tmp_path: Path) -> None:
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    whole(repo, "HEAD", "dev", cache)
+    snap = partial(repo, "HEAD", "dev", cache)
+    with pytest.raises(ValueError, match="loaded for instance 'dev'"):
+        snap.view("prod")
+    with pytest.raises(ValueError, match="loaded for instance 'dev'"):
+        snap.report(INSTANCES)
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_an_update_of_a_partial_snapshot_equals_a_full_load(repo_dir: Path, tmp_path: Path, edit: str) -> None:
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    whole(repo, "HEAD", "dev", cache)
+    old = partial(repo, "HEAD", "dev", cache)
+    head = commit(repo_dir, edit, EDITS[edit])
+    update = snapshot.update(old, repo, head, cache=cache)
+    assert update is not None, edit
+    reached = {snapshot._tenant_folder(p) for p in EDITS[edit]} - {""}
+    assert set(update.filled) == reached
+    assert set(update.snapshot.layout.tenants) == reached == set(update.base.layout.tenants)
+    assert_same_loaded(update.snapshot, snapshot.load(repo, head), "dev")
+    assert_same_loaded(update.base, snapshot.load(repo, "HEAD~1"), "dev")
+    assert old.layout.tenants == {}  # the partial snapshot it came from is untouched
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"tenants/newco/ops/flows/a.yaml": "id: a\nnamespace: ops\n"},
+        {"tenants/NOTES.md": "changed\n"},
+        {"tenants/globex/ops/flows/new.yaml": "id: new\nnamespace: ops\n"},
+    ],
+    ids=["new tenant", "stray file", "flow added in an unloaded tenant"],
+)
+def test_structural_changes_to_a_partial_snapshot_need_a_full_load(
+    repo_dir: Path, tmp_path: Path, files: dict[str, str]
+) -> None:
+    commit(repo_dir, "stray", {"tenants/NOTES.md": "x\n"})
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    whole(repo, "HEAD", "dev", cache)
+    old = partial(repo, "HEAD", "dev", cache)
+    assert snapshot.update(old, repo, commit(repo_dir, "structure", files), cache=cache) is None
+
+
+@pytest.mark.parametrize("how", ["added", "removed"])
+def test_a_submodule_outside_the_tenants_needs_a_full_load(repo_dir: Path, how: str) -> None:
+    """A full load reports a submodule wherever it is: an update must not step over it."""
+    repo = GitRepo(repo_dir)
+    oid = git(repo_dir, "rev-parse", "HEAD").strip()
+    git(repo_dir, "update-index", "--add", "--cacheinfo", f"160000,{oid},vendor/lib")
+    if how == "removed":
+        git(repo_dir, "commit", "-q", "-m", "vendor")
+    old = snapshot.load(repo, "HEAD")
+    assert ("layout.submodule" in {d.code for d in old.diagnostics}) == (how == "removed")
+    if how == "removed":
+        git(repo_dir, "rm", "-q", "--cached", "vendor/lib")
+    git(repo_dir, "commit", "-q", "-m", how)
+    assert snapshot.update(old, repo, "HEAD") is None
+
+
+@pytest.fixture
+def engine_for(repo_dir: Path, tmp_path: Path) -> Iterator[Engine]:
+    """An engine restarted on an instance a first engine applied HEAD to."""
+    with open_engine(repo_dir, tmp_path / "state") as engine:
+        engine.apply("dev", "HEAD", trigger="test")
+    with open_engine(repo_dir, tmp_path / "state") as restarted:
+        yield restarted
+
+
+def test_a_restarted_engine_loads_a_tenant_when_a_change_reaches_it(
+    engine_for: Engine, repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_for
+    calls = Calls(monkeypatch)
+    assert engine.prime("dev")
+    resident = engine._resident["dev"]
+    assert resident.snapshot.partial is not None and resident.snapshot.layout.tenants == {}
+    assert resident.desired.calls == {}
+    calls.take()
+    for edit, tenants in zip(SEQUENCE[:4], [{"acme"}] * 4, strict=True):
+        apply_by("incremental", engine, repo_dir, commit(repo_dir, edit, EDITS[edit]), calls)
+        resident = engine._resident["dev"]
+        assert set(resident.snapshot.layout.tenants) == tenants
+    backup = {"tenants/globex/ops/flows/backup.yaml": SUBFLOW_ELSEWHERE.replace("caller", "backup")}
+    apply_by("incremental", engine, repo_dir, commit(repo_dir, "globex", backup), calls)
+    resident = engine._resident["dev"]
+    assert set(resident.snapshot.layout.tenants) == {"acme", "globex"}
+    full = engine.load("HEAD")
+    assert resident.desired.calls == _calls(full.view("dev"))
+    assert resident.snapshot.report(["dev"]) == full.report(["dev"])
+
+
+def test_a_tenant_loaded_later_takes_its_checks_from_the_commits_record(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit checked whole records its reference checks: loading a tenant of it later
+    reuses them; without that record they run."""
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    want = whole(repo, "HEAD", "dev", cache)
+    checked: list[tuple[str, str]] = []
+    real = snapshot.check_namespace
+
+    def counted(view: snapshot.NamespaceView, views: Mapping[NsKey, snapshot.NamespaceView],
+                snap: snapshot.Snapshot) -> list[Diagnostic]:
+        checked.append((view.tenant, view.name))
+        return real(view, views, snap)
+
+    monkeypatch.setattr(snapshot, "check_namespace", counted)
+    grown = snapshot._fill(partial(repo, "HEAD", "dev", cache), repo, ["globex"])
+    assert checked == []
+    assert_same_loaded(grown, want, "dev")
+    cache.put_many({snapshot._checks_key(want, want.view("dev")): None})  # no record now
+    grown = snapshot._fill(partial(repo, "HEAD", "dev", cache), repo, ["globex"])
+    assert {t for t, _ in checked} == {"globex"} and len(checked) == len(want.layout.tenants["globex"].namespaces)
+    assert_same_loaded(grown, want, "dev")
