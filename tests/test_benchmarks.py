@@ -166,7 +166,8 @@ def test_daemon_process_tree_and_table() -> None:
         "restart": {"listening_seconds": 0.4, "ready_seconds": 1.3, "first_sync_seconds": 0.7,
                     "first_sync_began_seconds": 0.5,
                     "first_sync": "dev: applied", "next_webhook_seconds": 0.2,
-                    "next_webhook_sync_seconds": 0.15},
+                    "next_webhook_sync_seconds": 0.15, "other_tenant_seconds": 0.9,
+                    "other_tenant_sync_seconds": 0.75},
         "memory_webhook": {"daemon_peak_mb": 120, "daemon_rss_mb": 110, "tree_peak_mb": 125,
                            "helper_peak_mb": 7, "helper_peak_process": "git",
                            "peak_was_reset_after_cold_start": True},
@@ -175,4 +176,19 @@ def test_daemon_process_tree_and_table() -> None:
     assert "webhook: push → applied (floor in-process)     0.200" in text
     assert "20.0×" in text and "4.0×" in text  # 0.2 s over floors of 10 ms and 50 ms
     assert "restart: process start → ready" in text
+    assert "restart: then a push to another tenant" in text and "0.900" in text and "its sync 0.750s" in text
     assert "webhook phase: daemon peak 120 MB" in text
+
+
+def test_the_daemon_probe_can_edit_a_flow_of_another_tenant(tmp_path: Path) -> None:
+    from benchmarks import daemon_latency
+    from tests.gitutil import git, sample_repo
+
+    bare = tmp_path / "bare.git"
+    git(tmp_path, "clone", "-q", "--bare", str(sample_repo(tmp_path / "repo")), str(bare))
+    first = daemon_latency.Probe(bare, "main")
+    other = daemon_latency.Probe(bare, "main", other_than=first)
+    assert first.path.split("/")[1] != other.path.split("/")[1]
+    assert "/flows/" in other.path
+    sha = other.commit()
+    assert git(bare, "diff-tree", "-r", "--name-only", "--no-commit-id", sha).split() == [other.path]
