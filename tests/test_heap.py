@@ -91,3 +91,47 @@ def test_release_without_settle_does_nothing() -> None:
         assert ref() is not None  # no collection was forced
     gc.collect()
     assert ref() is None
+
+
+def _run_python(code: str) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    return done.stdout
+
+
+def test_the_cli_process_runs_without_the_cyclic_collector_and_freezes_at_exit() -> None:
+    out = _run_python(
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0))\n"
+        "from headwater.cli.main import main\n"
+        "sys.argv = ['headwater', 'init', '--help']\n"
+        "main()\n"
+    )
+    assert out.splitlines()[-1] == "False True"
+
+
+def test_the_cli_called_in_process_leaves_the_collector_alone() -> None:
+    out = _run_python(
+        "import gc\n"
+        "from headwater.cli.main import main\n"
+        "try:\n"
+        "    main(['init', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(gc.isenabled(), gc.get_freeze_count())\n"
+    )
+    assert out.splitlines()[-1] == "True 0"
+
+
+def test_a_long_running_process_gets_the_collector_back() -> None:
+    out = _run_python(
+        "import gc\n"
+        "from headwater import heap\n"
+        "heap.one_command()\n"
+        "off = gc.isenabled()\n"
+        "heap.long_run()\n"
+        "print(off, gc.isenabled())\n"
+    )
+    assert out.splitlines()[-1] == "False True"

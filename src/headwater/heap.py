@@ -14,6 +14,7 @@ collected.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import functools
@@ -66,3 +67,18 @@ def release() -> None:
     if gc.get_freeze_count():
         gc.unfreeze()
         gc.collect()
+
+
+def one_command() -> None:
+    """For a process that runs one command and exits (the CLI): no cyclic collection at all.
+    What such a command builds lives until the end and hardly forms cycles, yet collecting it
+    costs a tenth of a cold ``validate`` of 10,000 flows (0.3-0.5 s of 4.5 s), with the
+    interpreter's last collection at exit (skipped: everything is frozen by then)."""
+    gc.disable()
+    atexit.register(gc.freeze)
+
+
+def long_run() -> None:
+    """Undo ``one_command`` for a process that stays (the daemon): collections as usual, and
+    ``paused`` / ``settle`` / ``release`` around what it builds and keeps."""
+    gc.enable()

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from headwater import heap
 from headwater.daemon import config, logs
 from headwater.daemon.loop import Daemon
 
@@ -87,6 +88,7 @@ def daemon(
     ]
 
     logger = logs.setup(conf.log_format, level, [os.environ.get(v, "") for v in secrets_env if v])
+    heap.long_run()
     code = Daemon(conf, logger).run()
     ctx.exit(code)
 

@@ -17,7 +17,7 @@ from gettext import gettext as _
 
 import click
 
-from headwater import __version__
+from headwater import __version__, heap
 from headwater.errors import HeadwaterError
 
 # Each command: the module that defines it (in its ``COMMANDS``) and the first paragraph of its
@@ -165,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     # default thresholds the cyclic collector scans them over and over (35-45 % of priming
     # a 10k-flow instance). Collections stay frequent enough for a long-running daemon.
     gc.set_threshold(*GC_THRESHOLDS)
+    if argv is None:  # the process's own command line: it exits when the command is done
+        heap.one_command()
     args = sys.argv[1:] if argv is None else argv
     verbose = any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args)
     try:
