@@ -182,6 +182,7 @@ def test_daemon_process_tree_and_table() -> None:
 
 def test_the_daemon_probe_can_edit_a_flow_of_another_tenant(tmp_path: Path) -> None:
     from benchmarks import daemon_latency
+
     from tests.gitutil import git, sample_repo
 
     bare = tmp_path / "bare.git"

@@ -373,11 +373,12 @@ def test_a_restarted_engine_primed_from_the_store_applies_incrementally(
     with open_engine(repo_dir, state) as restarted:
         assert not restarted.primed("dev")
         assert restarted.prime("dev") and restarted.primed("dev")
-        # primed: the commit's snapshot, its call graph and the inventory's size; no resource
+        # primed: the commit's root files and summary (no tenant loaded), and the inventory's
+        # size; no resource
         resident = restarted._resident["dev"]
         assert (resident.inventory, resident.desired.state, resident.known) == ({}, {}, set())
+        assert resident.snapshot.partial is not None and resident.snapshot.layout.tenants == {}
         assert resident.size == len(restarted.store.inventory("dev")) > 0
-        assert resident.desired.calls == restarted.desired(resident.snapshot, "dev").calls
         calls.take()
         for edit in SEQUENCE[:4]:  # a flow, a file, the root namespace.yaml, tenant.yaml
             apply_by("incremental", restarted, repo_dir, commit(repo_dir, edit, EDITS[edit]), calls)
@@ -388,7 +389,7 @@ def test_a_restarted_engine_primed_from_the_store_applies_incrementally(
             assert resident.inventory == restarted.store.inventory("dev", sorted(resident.known))
 
 
-def test_a_full_apply_keeps_only_the_snapshot_and_call_graph(
+def test_a_full_apply_keeps_only_the_commits_root_files_and_summary(
     repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     state = tmp_path / "state"
@@ -398,7 +399,8 @@ def test_a_full_apply_keeps_only_the_snapshot_and_call_graph(
         resident = engine._resident["dev"]
         assert (resident.inventory, resident.desired.state, resident.known) == ({}, {}, set())
         assert resident.size == len(engine.store.inventory("dev")) == len(full.desired.state) > 0
-        assert resident.desired.calls == full.desired.calls
+        assert resident.desired.calls == {} and resident.snapshot.layout.tenants == {}
+        assert resident.snapshot == snapshot.load_partial(engine.repo, "HEAD", "dev", cache=engine.cache)
         calls.take()
         for edit in SEQUENCE[:4]:
             apply_by("incremental", engine, repo_dir, commit(repo_dir, edit, EDITS[edit]), calls)

@@ -133,3 +133,13 @@ def test_load_extra_types_reads_a_file(tmp_path: Path) -> None:
     path = tmp_path / "types.txt"
     path.write_text("io.kestra.plugin.core.flow.Loop\n", encoding="utf-8")
     assert load_extra_types(path) == ["io.kestra.plugin.core.flow.Loop"]
+
+
+def test_registries_of_the_same_types_and_aliases_are_equal() -> None:
+    from headwater.kestra_types import TypeRegistry
+
+    assert TypeRegistry.builtin() == TypeRegistry.builtin()
+    assert hash(TypeRegistry.builtin(["x.Y"])) == hash(TypeRegistry.builtin(["x.Y"]))
+    assert TypeRegistry.builtin() != TypeRegistry.builtin(["x.Y"])
+    assert TypeRegistry(["a.B"], {"c": "a.B"}) != TypeRegistry(["a.B"])
+    assert TypeRegistry(["a.B"]) != "a.B"

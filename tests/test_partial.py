@@ -60,7 +60,6 @@ def whole(repo: GitRepo, rev: str, instance: str, cache: ResultCache) -> snapsho
 def partial(repo: GitRepo, rev: str, instance: str, cache: ResultCache) -> snapshot.Snapshot:
     snap = snapshot.load_partial(repo, rev, instance, cache=cache)
     assert snap is not None and snap.partial is not None
-    snap.view(instance)
     return snap
 
 
@@ -131,6 +130,19 @@ def test_a_torn_summary_is_not_trusted(repo_dir: Path, tmp_path: Path) -> None:
         assert again.dropped > 0
 
 
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_a_commit_unloaded_after_a_whole_load_equals_its_partial_load(
+    repo_dir: Path, tmp_path: Path, instance: str
+) -> None:
+    commit(repo_dir, "errors", ERRORS)
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    want = whole(repo, "HEAD", instance, cache)
+    got = snapshot.unloaded(want, instance)
+    assert got == partial(repo, "HEAD", instance, cache)
+    assert_same_loaded(got, want, instance)
+    assert want.layout.tenants and want.view(instance).namespaces  # the whole one is untouched
+
+
 def test_a_partial_snapshot_serves_its_instance_only(repo_dir: Path, tmp_path: Path) -> None:
     repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
     whole(repo, "HEAD", "dev", cache)
@@ -151,6 +163,11 @@ def test_an_update_of_a_partial_snapshot_equals_a_full_load(repo_dir: Path, tmp_
     assert update is not None, edit
     reached = {snapshot._tenant_folder(p) for p in EDITS[edit]} - {""}
     assert set(update.filled) == reached
+    # what it touches (to rebuild and apply) is what an update of the whole commit touches
+    whole_update = snapshot.update(whole(repo, "HEAD~1", "dev", cache), repo, head, cache=cache)
+    assert whole_update is not None
+    assert update.touched == whole_update.touched and update.remerged == whole_update.remerged
+    assert bool(update.touched.get("dev")) == bool(reached)
     assert set(update.snapshot.layout.tenants) == reached == set(update.base.layout.tenants)
     assert_same_loaded(update.snapshot, snapshot.load(repo, head), "dev")
     assert_same_loaded(update.base, snapshot.load(repo, "HEAD~1"), "dev")
@@ -240,10 +257,8 @@ def test_a_tenant_loaded_later_takes_its_checks_from_the_commits_record(
         return real(view, views, snap)
 
     monkeypatch.setattr(snapshot, "check_namespace", counted)
-    grown = snapshot._fill(partial(repo, "HEAD", "dev", cache), repo, ["globex"])
+    assert_same_loaded(snapshot._fill(partial(repo, "HEAD", "dev", cache), repo, ["globex"]), want, "dev")
     assert checked == []
-    assert_same_loaded(grown, want, "dev")
     cache.put_many({snapshot._checks_key(want, want.view("dev")): None})  # no record now
-    grown = snapshot._fill(partial(repo, "HEAD", "dev", cache), repo, ["globex"])
+    assert_same_loaded(snapshot._fill(partial(repo, "HEAD", "dev", cache), repo, ["globex"]), want, "dev")
     assert {t for t, _ in checked} == {"globex"} and len(checked) == len(want.layout.tenants["globex"].namespaces)
-    assert_same_loaded(grown, want, "dev")

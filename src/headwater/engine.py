@@ -401,7 +401,7 @@ class Engine:
                 and target.current_revision() == snap.revision
                 and self.store.get(instance).applied_revision == snap.revision
             ):
-                self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)))
+                self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)), whole=True)
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             # The target rebuilds the namespaces that change; it reuses the others by hash.
@@ -419,14 +419,19 @@ class Engine:
             self._write(instance, snap.revision, write)
             self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
         if action == "apply":
-            self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)))
+            self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)), whole=True)
         return PlanResult(result, desired, snap)
 
-    def _keep(self, instance: str, resident: _Resident) -> None:
-        """Keep what the instance holds now for its next incremental apply; the commit's
-        summary lets a restarted engine start from it without loading it whole."""
-        self._resident[instance] = resident
+    def _keep(self, instance: str, resident: _Resident, *, whole: bool = False) -> None:
+        """Keep what the instance holds now for its next incremental apply, and record the
+        commit's summary, from which a restarted engine starts without loading it whole. A
+        commit loaded ``whole`` is not kept so: only its root files and summary are, and a
+        tenant is loaded again when a change reaches it (a daemon that applied 50,000 flows
+        whole would otherwise hold them: 0.9 GB)."""
         snapshot.remember_summary(resident.snapshot, instance)
+        if whole:
+            resident = _fresh_resident(snapshot.unloaded(resident.snapshot, instance), {}, resident.size)
+        self._resident[instance] = resident
 
     def _apply_changes(
         self,
@@ -449,8 +454,8 @@ class Engine:
             return None
         update = snapshot.update(resident.snapshot, self.repo, rev, cache=self.cache)
         if update is not None and update.filled:
-            # Tenants a partly loaded snapshot (``prime``) loaded for this change: their call
-            # graph joins the resident's, which is valid at its commit whatever comes next.
+            # Tenants the resident snapshot loaded for this change: their call graph joins
+            # the resident's, which is valid at its commit whatever comes next.
             resident = self._resident[instance] = dataclasses.replace(resident, snapshot=update.base)
             resident.desired.calls.update(_calls(update.base.view(instance), update.filled))
         if update is None or instance not in update.snapshot.instances:
@@ -540,8 +545,8 @@ class Engine:
             return False
         if self.target(instance).current_revision() != revision or self._unprimable.get(instance) == revision:
             return False
-        # The tenants of the commit are loaded when a change reaches them, from what the
-        # last apply recorded of it; without that record, the whole commit now.
+        # From the commit's summary, which the last apply recorded; without it (another
+        # version of Headwater applied it), from the whole commit, which records one.
         snap = snapshot.load_partial(self.repo, revision, instance, cache=self.cache)
         whole = snap is None
         if snap is None:
@@ -551,13 +556,12 @@ class Engine:
             # again for this revision (the daemon asks at every poll)
             self._unprimable[instance] = revision
             return False
-        # The desired state and inventory of a namespace are built when a change reaches it;
-        # the call graph (to order flows) is that of the tenants loaded.
-        resident = _fresh_resident(snap, _calls(snap.view(instance)), self.store.inventory_size(instance))
         if whole:
-            self._keep(instance, resident)
-        else:
-            self._resident[instance] = resident
+            snapshot.remember_summary(snap, instance)
+            snap = snapshot.unloaded(snap, instance)
+        # No tenant is loaded: each is, with its call graph, when a change first reaches it;
+        # the desired state and inventory of a namespace likewise.
+        self._resident[instance] = _fresh_resident(snap, {}, self.store.inventory_size(instance))
         return True
 
     def primed(self, instance: str) -> bool:

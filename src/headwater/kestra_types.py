@@ -71,6 +71,12 @@ class TypeRegistry:
             digest.update(f"{alias}\t{self._aliases[alias]}\n".encode())
         self.fingerprint = digest.hexdigest()[:16]
 
+    def __eq__(self, other: object) -> bool:  # the same types and aliases
+        return isinstance(other, TypeRegistry) and (self._types, self._aliases) == (other._types, other._aliases)
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
     @classmethod
     def builtin(cls, extra: Iterable[str] = ()) -> TypeRegistry:
         """Kestra 1.0's core types and aliases, plus ``extra`` types."""

@@ -284,15 +284,33 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
 def remember_summary(snap: Snapshot, instance: str) -> None:
     """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics) in
     the result cache, for ``load_partial`` (e.g. a restarted daemon) to do without loading it."""
-    if snap.cache is None or snap._root is None:
-        return
-    summary: dict[str, list[Diagnostic]] = {name: [] for name in snap.layout.tenants}
+    if snap.cache is not None and snap._root is not None:
+        snap.cache.put_many({_summary_key(snap.revision, instance, snap._root): _summary(snap, instance)})
+
+
+def unloaded(snap: Snapshot, instance: str) -> Snapshot:
+    """``snap`` for ``instance`` with no tenant loaded, as ``load_partial`` gives it once its
+    summary is recorded, without reading anything: what a daemon keeps of a commit it applied
+    whole (a tenant is loaded again when a change reaches it)."""
+    assert snap._root is not None
+    root, found = snap._root, _summary(snap, instance)
+    return Snapshot(
+        snap.revision, layout.Layout(snap.layout.repo_config, {}, []), root.doc, root.instances, {}, {},
+        list(root.diagnostics), root.registry, fixed_diagnostics=list(root.diagnostics), parsed={},
+        max_file_bytes=root.max_bytes, extra_types=root.extra, cache=snap.cache,
+        partial=Partial(instance, {k: v for k, v in found.items() if k}, found.get("", ())), _root=root,
+    )
+
+
+def _summary(snap: Snapshot, instance: str) -> dict[str, tuple[Diagnostic, ...]]:
+    """Every tenant folder of ``snap`` with its diagnostics for ``instance``; those outside
+    tenant folders under ""."""
+    found: dict[str, list[Diagnostic]] = {name: [] for name in snap.layout.tenants}
     if snap.partial is not None:
-        summary.update((name, list(found)) for name, found in snap.partial.absent.items())
+        found.update((name, list(diags)) for name, diags in snap.partial.absent.items())
     for diag in snap.report([instance]):
-        summary.setdefault(_tenant_folder(diag.path), []).append(diag)
-    record = {name: tuple(found) for name, found in summary.items()}
-    snap.cache.put_many({_summary_key(snap.revision, instance, snap._root): record})
+        found.setdefault(_tenant_folder(diag.path), []).append(diag)
+    return {name: tuple(diags) for name, diags in found.items()}
 
 
 def _summary_key(sha: str, instance: str, root: _Root) -> str:
@@ -622,8 +640,10 @@ def update(
     changes = repo.changes(old.revision, sha)
     filled: tuple[str, ...] = ()
     if old.partial is not None:
+        instance = old.partial.instance
         filled = tuple(sorted({_tenant_folder(c.path) for c in changes} & old.partial.absent.keys()))
         old = _fill(old, repo, filled)
+        old.view(instance)  # what the change touches is found in the views
     index = old.path_index()
     changed: dict[str, tuple[str, str, str, str]] = {}
     new_oids: dict[str, str] = {}
