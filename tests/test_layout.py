@@ -61,6 +61,7 @@ def test_nested_and_dotted_namespaces() -> None:
         (["tenants/acme/a/notes.txt"], "layout.stray-file"),
         (["tenants/acme/notes.txt"], "layout.stray-file"),
         (["tenants/notes.txt"], "layout.stray-file"),
+        (["tenants"], "layout.tenants-not-a-folder"),
         (["tenants/Acme/a/flows/x.yaml"], "layout.bad-tenant"),
         (["tenants/acme/Team/flows/x.yaml"], "layout.bad-namespace"),
         (["tenants/acme/a..b/flows/x.yaml"], "layout.bad-namespace"),

@@ -13,7 +13,7 @@ import pytest
 from headwater import snapshot
 from headwater.cache import ResultCache
 from headwater.engine import Engine, _calls
-from headwater.errors import Diagnostic
+from headwater.errors import Diagnostic, ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.snapshot import NsKey
 from tests.gitutil import commit, git, sample_repo
@@ -153,24 +153,27 @@ def test_a_partial_snapshot_serves_its_instance_only(repo_dir: Path, tmp_path: P
         snap.report(INSTANCES)
 
 
+@pytest.mark.parametrize("instance", INSTANCES)
 @pytest.mark.parametrize("edit", sorted(EDITS))
-def test_an_update_of_a_partial_snapshot_equals_a_full_load(repo_dir: Path, tmp_path: Path, edit: str) -> None:
+def test_an_update_of_a_partial_snapshot_equals_a_full_load(
+    repo_dir: Path, tmp_path: Path, edit: str, instance: str
+) -> None:
     repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
-    whole(repo, "HEAD", "dev", cache)
-    old = partial(repo, "HEAD", "dev", cache)
+    whole(repo, "HEAD", instance, cache)
+    old = partial(repo, "HEAD", instance, cache)
     head = commit(repo_dir, edit, EDITS[edit])
     update = snapshot.update(old, repo, head, cache=cache)
     assert update is not None, edit
     reached = {snapshot._tenant_folder(p) for p in EDITS[edit]} - {""}
     assert set(update.filled) == reached
     # what it touches (to rebuild and apply) is what an update of the whole commit touches
-    whole_update = snapshot.update(whole(repo, "HEAD~1", "dev", cache), repo, head, cache=cache)
+    whole_update = snapshot.update(whole(repo, "HEAD~1", instance, cache), repo, head, cache=cache)
     assert whole_update is not None
     assert update.touched == whole_update.touched and update.remerged == whole_update.remerged
-    assert bool(update.touched.get("dev")) == bool(reached)
+    assert bool(update.touched.get(instance)) == bool(reached)
     assert set(update.snapshot.layout.tenants) == reached == set(update.base.layout.tenants)
-    assert_same_loaded(update.snapshot, snapshot.load(repo, head), "dev")
-    assert_same_loaded(update.base, snapshot.load(repo, "HEAD~1"), "dev")
+    assert_same_loaded(update.snapshot, snapshot.load(repo, head), instance)
+    assert_same_loaded(update.base, snapshot.load(repo, "HEAD~1"), instance)
     assert old.layout.tenants == {}  # the partial snapshot it came from is untouched
 
 
@@ -191,6 +194,65 @@ def test_structural_changes_to_a_partial_snapshot_need_a_full_load(
     whole(repo, "HEAD", "dev", cache)
     old = partial(repo, "HEAD", "dev", cache)
     assert snapshot.update(old, repo, commit(repo_dir, "structure", files), cache=cache) is None
+
+
+def test_a_summary_recorded_from_a_partial_snapshot_is_the_whole_ones(repo_dir: Path, tmp_path: Path) -> None:
+    """What a restarted daemon records after its first syncs is what a whole load records,
+    restart after restart (no diagnostic counted twice)."""
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    want = snapshot._summary(whole(repo, "HEAD", "dev", cache), "dev")
+    assert sum(map(len, want.values())) >= 2
+    for _ in range(3):
+        snap = partial(repo, "HEAD", "dev", cache)
+        assert snapshot._summary(snap, "dev") == want
+        grown = snapshot._fill(snap, repo, ["globex"])
+        assert snapshot._summary(grown, "dev") == want
+        snapshot.remember_summary(grown, "dev")
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"headwater.yaml": (Path(__file__).parents[1] / "sample-repo/headwater.yaml").read_text()
+         .replace('tenants: ["*"]\n    defaults:\n      variables: {env: prod', 'tenants: ["acme"]\n    defaults:\n'
+                  '      variables: {env: prod')},
+        {".headwaterignore": "**/README.md\ntenants/globex/\n"},
+        {".headwaterignore": "**/README.md\ntenants/*/company/files/\ntenants/globex/ops/flows/caller.yaml\n"},
+    ],
+    ids=["prod carries acme only", "a tenant ignored", "files inside tenants ignored"],
+)
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_partial_snapshots_follow_the_instances_tenants_and_the_ignore_file(
+    repo_dir: Path, tmp_path: Path, files: dict[str, str], instance: str
+) -> None:
+    commit(repo_dir, "setup", files)
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    want = whole(repo, "HEAD", instance, cache)
+    carried = {t for t, _ in want.view(instance).namespaces}
+    globex_ignored = "tenants/globex/\n" in files.get(".headwaterignore", "")
+    only_acme = ("headwater.yaml" in files and instance == "prod") or globex_ignored
+    assert carried == ({"acme"} if only_acme else {"acme", "globex"})
+    for group in (["acme"], ["globex"], ["acme", "globex"]):
+        assert_same_loaded(snapshot._fill(partial(repo, "HEAD", instance, cache), repo, group), want, instance)
+    head = commit(repo_dir, "edit", {"tenants/globex/ops/flows/backup.yaml": SUBFLOW_ELSEWHERE.replace("caller", "backup")})
+    update = snapshot.update(partial(repo, "HEAD~1", instance, cache), repo, head, cache=cache)
+    if globex_ignored:
+        assert update is None  # a path the model ignores: as for a whole snapshot
+        return
+    assert update is not None
+    assert_same_loaded(update.snapshot, snapshot.load(repo, head), instance)
+
+
+def test_the_tenants_folder_turned_into_a_link_needs_a_full_load(repo_dir: Path, tmp_path: Path) -> None:
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    old = whole(repo, "HEAD", "dev", cache)
+    git(repo_dir, "rm", "-r", "-q", "tenants")
+    (repo_dir / "tenants").symlink_to("elsewhere")
+    git(repo_dir, "add", "tenants")
+    git(repo_dir, "commit", "-q", "-m", "link")
+    assert "layout.symlink" in {d.code for d in snapshot.load(repo, "HEAD").diagnostics}
+    assert snapshot.update(old, repo, "HEAD", cache=cache) is None
+    assert snapshot.update(partial(repo, "HEAD~1", "dev", cache), repo, "HEAD", cache=cache) is None
 
 
 @pytest.mark.parametrize("how", ["added", "removed"])
@@ -262,3 +324,29 @@ def test_a_tenant_loaded_later_takes_its_checks_from_the_commits_record(
     cache.put_many({snapshot._checks_key(want, want.view("dev")): None})  # no record now
     assert_same_loaded(snapshot._fill(partial(repo, "HEAD", "dev", cache), repo, ["globex"]), want, "dev")
     assert {t for t, _ in checked} == {"globex"} and len(checked) == len(want.layout.tenants["globex"].namespaces)
+
+
+def test_a_restarted_engine_does_not_load_the_commit_whole(
+    engine_for: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self: Engine, rev: str) -> snapshot.Snapshot:
+        raise AssertionError("loaded whole")
+
+    monkeypatch.setattr(Engine, "load", refuse)
+    assert engine_for.prime("dev")
+
+
+def test_after_loading_a_tenant_a_refused_or_structural_commit_leaves_a_sound_engine(
+    engine_for: Engine, repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_for
+    calls = Calls(monkeypatch)
+    assert engine.prime("dev")
+    calls.take()
+    with pytest.raises(ValidationFailed):  # loads acme, then refuses the commit
+        engine.apply("dev", commit(repo_dir, "broken", EDITS["broken yaml"]), trigger="test")
+    assert set(engine._resident["dev"].snapshot.layout.tenants) == {"acme"}
+    apply_by("incremental", engine, repo_dir, commit(repo_dir, "fixed", EDITS["flow"]), calls)
+    added = {"tenants/globex/ops/flows/new.yaml": SUBFLOW_ELSEWHERE.replace("caller", "new")}
+    apply_by("full", engine, repo_dir, commit(repo_dir, "added", added), calls)
+    apply_by("incremental", engine, repo_dir, commit(repo_dir, "file", EDITS["namespace file"]), calls)

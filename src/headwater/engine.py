@@ -107,6 +107,7 @@ class PlanResult:
     desired: Desired
     snapshot: snapshot.Snapshot
     incremental: bool = False  # applied from the changed paths only (``Engine._apply_changes``)
+    loaded: tuple[str, ...] = ()  # tenants the engine loaded to apply it incrementally
 
 
 class Engine:
@@ -422,13 +423,15 @@ class Engine:
             self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)), whole=True)
         return PlanResult(result, desired, snap)
 
-    def _keep(self, instance: str, resident: _Resident, *, whole: bool = False) -> None:
+    def _keep(
+        self, instance: str, resident: _Resident, *, whole: bool = False, report: list[Diagnostic] | None = None
+    ) -> None:
         """Keep what the instance holds now for its next incremental apply, and record the
         commit's summary, from which a restarted engine starts without loading it whole. A
         commit loaded ``whole`` is not kept so: only its root files and summary are, and a
         tenant is loaded again when a change reaches it (a daemon that applied 50,000 flows
         whole would otherwise hold them: 0.9 GB)."""
-        snapshot.remember_summary(resident.snapshot, instance)
+        snapshot.remember_summary(resident.snapshot, instance, report)
         if whole:
             resident = _fresh_resident(snapshot.unloaded(resident.snapshot, instance), {}, resident.size)
         self._resident[instance] = resident
@@ -463,7 +466,8 @@ class Engine:
         if update.snapshot.revision == resident.snapshot.revision:
             return None  # applying it again restores drift: the full path reads the target back
         snap = update.snapshot
-        errors = [d for d in self.check(snap, instance) if d.severity == "error"]
+        report = self.check(snap, instance)
+        errors = [d for d in report if d.severity == "error"]
         if errors:
             self.store.record_failure(instance, snap.revision, [d.to_json() for d in errors])
             raise ValidationFailed(errors, snap.revision)
@@ -504,8 +508,8 @@ class Engine:
             else:
                 size += k not in inventory
                 inventory[k] = h
-        self._keep(instance, _Resident(snap, bare, inventory, size, resident.known))
-        return PlanResult(result, bare, snap, incremental=True)
+        self._keep(instance, _Resident(snap, bare, inventory, size, resident.known), report=report)
+        return PlanResult(result, bare, snap, incremental=True, loaded=update.filled)
 
     def _complete(self, instance: str, resident: _Resident, namespaces: Iterable[NsKey]) -> None:
         """Build what a primed ``resident`` lacks of ``namespaces``: their desired state at its

@@ -133,6 +133,12 @@ def build(
                        "commit the file itself instead of a link")
             )
             continue
+        if len(parts) == 1:
+            diags.append(
+                _error(path, "layout.tenants-not-a-folder", f"{TENANTS_DIR} is a file, not the folder of the tenants",
+                       f"remove it and keep tenant folders in {TENANTS_DIR}/")
+            )
+            continue
         if len(parts) == 2:
             diags.append(
                 _error(path, "layout.stray-file", "stray file directly under tenants/",

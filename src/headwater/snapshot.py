@@ -273,7 +273,11 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
     sha = repo.resolve(rev)
     entries = repo.ls_tree(sha, [layout.REPO_CONFIG, layout.IGNORE_FILE])
     root = _read_root(repo, entries, ())
-    summary = cache.get_many([_summary_key(sha, instance, root)]).get(_summary_key(sha, instance, root))
+    key = _summary_key(instance, root)
+    record = cache.get_many([key]).get(key)
+    if not isinstance(record, tuple) or len(record) != 2 or record[0] != sha:
+        return None  # none, or of another commit
+    summary = record[1]
     if not isinstance(summary, dict) or not all(isinstance(v, tuple) for v in summary.values()):
         return None
     snap = _load(repo, sha, entries, root, cache)
@@ -281,11 +285,14 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
     return snap
 
 
-def remember_summary(snap: Snapshot, instance: str) -> None:
-    """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics) in
-    the result cache, for ``load_partial`` (e.g. a restarted daemon) to do without loading it."""
+def remember_summary(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> None:
+    """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics:
+    ``report``, if already made, is ``snap.report([instance])``) in the result cache, for
+    ``load_partial`` (e.g. a restarted daemon) to do without loading it. One record per
+    instance: the commit applied last."""
     if snap.cache is not None and snap._root is not None:
-        snap.cache.put_many({_summary_key(snap.revision, instance, snap._root): _summary(snap, instance)})
+        record = (snap.revision, _summary(snap, instance, report))
+        snap.cache.put_many({_summary_key(instance, snap._root): record})
 
 
 def unloaded(snap: Snapshot, instance: str) -> Snapshot:
@@ -302,19 +309,21 @@ def unloaded(snap: Snapshot, instance: str) -> Snapshot:
     )
 
 
-def _summary(snap: Snapshot, instance: str) -> dict[str, tuple[Diagnostic, ...]]:
-    """Every tenant folder of ``snap`` with its diagnostics for ``instance``; those outside
-    tenant folders under ""."""
+def _summary(
+    snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None
+) -> dict[str, tuple[Diagnostic, ...]]:
+    """Every tenant folder of ``snap`` with its diagnostics for ``instance`` (from ``report``,
+    ``snap.report([instance])`` when already made); those outside tenant folders under ""."""
     found: dict[str, list[Diagnostic]] = {name: [] for name in snap.layout.tenants}
     if snap.partial is not None:
-        found.update((name, list(diags)) for name, diags in snap.partial.absent.items())
-    for diag in snap.report([instance]):
+        found.update((name, []) for name in snap.partial.absent)  # the report has their diagnostics
+    for diag in snap.report([instance]) if report is None else report:
         found.setdefault(_tenant_folder(diag.path), []).append(diag)
     return {name: tuple(diags) for name, diags in found.items()}
 
 
-def _summary_key(sha: str, instance: str, root: _Root) -> str:
-    return cache_key("summary", sha, instance, root.registry.fingerprint, model_fingerprint())
+def _summary_key(instance: str, root: _Root) -> str:
+    return cache_key("summary", instance, root.registry.fingerprint, model_fingerprint())
 
 
 def _tenant_folder(path: str) -> str:
@@ -440,10 +449,12 @@ def _fill(snap: Snapshot, repo: GitRepo, tenants: Collection[str]) -> Snapshot:
         grown = InstanceView(
             view.spec, dict(view.namespaces), dict(view.parts), view.root, dict(view.bases), dict(view.files_inherit)
         )
+        keys: list[NsKey] = []
         for tenant in (filled.layout.tenants[t] for t in names if t in piece.layout.tenants):
             if view.spec.carries(tenant.name):
                 _tenant_view(filled, grown, tenant)
-                _check_all(filled, grown, [(tenant.name, ns) for ns in tenant.namespaces])
+                keys += [(tenant.name, ns) for ns in tenant.namespaces]
+        _check_all(filled, grown, keys)
         filled._views[name] = grown
     return filled
 
@@ -523,6 +534,8 @@ def _check_all(snap: Snapshot, view: InstanceView, keys: list[NsKey] | None = No
     result cache when this commit was checked whole for this instance before (by the same
     code and types), else run."""
     wanted = list(view.namespaces) if keys is None else keys
+    if not wanted:
+        return
     whole = keys is None and snap.partial is None
     by_ns = _cached_checks(snap, view, len(wanted) if whole else None)
     if by_ns is not None:
@@ -638,27 +651,27 @@ def update(
     """
     sha = repo.resolve(rev)
     changes = repo.changes(old.revision, sha)
+    inside = [c for c in changes if _tenant_folder(c.path) or c.path == layout.TENANTS_DIR]
+    for change in changes:
+        if change.path in (layout.REPO_CONFIG, layout.IGNORE_FILE):
+            return None
+        if any(layout.flagged_anywhere(change.path, mode) for mode in (change.old_mode, change.new_mode)):
+            return None  # e.g. a submodule added or removed next to README: reported anywhere
+    if any(c.status != "M" or c.old_mode != c.new_mode for c in inside):
+        return None  # a path added, removed or retyped below tenants/ (or tenants itself)
     filled: tuple[str, ...] = ()
     if old.partial is not None:
         instance = old.partial.instance
-        filled = tuple(sorted({_tenant_folder(c.path) for c in changes} & old.partial.absent.keys()))
+        filled = tuple(sorted({_tenant_folder(c.path) for c in inside} & old.partial.absent.keys()))
         old = _fill(old, repo, filled)
         old.view(instance)  # what the change touches is found in the views
     index = old.path_index()
     changed: dict[str, tuple[str, str, str, str]] = {}
     new_oids: dict[str, str] = {}
-    for change in changes:
-        if change.path in (layout.REPO_CONFIG, layout.IGNORE_FILE):
-            return None
+    for change in inside:
         place = index.get(change.path)
         if place is None:
-            if change.path.startswith(layout.TENANTS_DIR + "/"):
-                return None  # a path the model ignores today (or a new one) may count tomorrow
-            if any(layout.flagged_anywhere(change.path, mode) for mode in (change.old_mode, change.new_mode)):
-                return None  # e.g. a submodule added or removed next to README: reported anywhere
-            continue  # README, CI files: outside the model
-        if change.status != "M" or change.old_mode != change.new_mode:
-            return None
+            return None  # a path the model ignores today may count tomorrow
         changed[change.path] = place
         new_oids[change.path] = change.new_oid
     base = old

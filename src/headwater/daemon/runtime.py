@@ -68,6 +68,7 @@ class SyncResult:
     verdict: bool = True
     transient: bool = False
     incremental: bool = False
+    loaded: tuple[str, ...] = ()  # tenants loaded for it (the first change to reach them)
 
 
 def permanent_failure(state: InstanceState) -> bool:

@@ -56,8 +56,9 @@ def sync(d: Daemon, rt: InstanceRuntime, reason: str) -> None:
     was_primed = d.engine.primed(rt.name)
     with heap.paused():
         result = attempt(d, rt, reason)
-        if d.engine.primed(rt.name) and (not was_primed or (result.outcome == "applied" and not result.incremental)):
-            heap.settle()  # the engine keeps a newly built commit: spare it later collections
+        built = not was_primed or result.loaded or (result.outcome == "applied" and not result.incremental)
+        if d.engine.primed(rt.name) and built:
+            heap.settle()  # the engine keeps what it built: spare it later collections
     duration = time.monotonic() - started
     target_revision = d.engine.target(rt.name).current_revision()
     with d.mu:
@@ -112,6 +113,8 @@ def log_sync(
         text += f", {c['drift']} drift restored)" if c.get("drift") else ")"
     if result.incremental:
         text += " incrementally"
+    if result.loaded:
+        text += f", loading tenant {', '.join(result.loaded)}"
     text += f" in {duration:.2f}s [{reason}]"
     if result.error:
         text += f": {result.error}"
@@ -135,6 +138,7 @@ def log_sync(
         trigger=reason,
         error=result.error,
         incremental=result.incremental,
+        loaded=list(result.loaded),
         **counts,
     )
 
@@ -301,7 +305,8 @@ def apply(d: Daemon, rt: InstanceRuntime, revision: str, reason: str) -> SyncRes
             secrets=missing,
         )
     return SyncResult(
-        "applied", result.plan.revision, counts=result.plan.summary(), incremental=result.incremental
+        "applied", result.plan.revision, counts=result.plan.summary(), incremental=result.incremental,
+        loaded=result.loaded,
     )
 
 
