@@ -75,13 +75,22 @@ def test_a_cycle_made_while_paused_is_collected_afterwards() -> None:
 def test_settled_cycles_survive_collections_until_released() -> None:
     with heap.paused():  # no collection may come between
         ref = cycle()
+        kept = ref()
         heap.settle()
     assert gc.get_freeze_count() > 0
+    del kept  # dropped by its holder: a garbage cycle now
     gc.collect()
     assert ref() is not None  # exempt: the collector does not look at it
     heap.release()
     assert gc.get_freeze_count() == 0
     assert ref() is None  # given back and collected
+
+
+def test_settle_collects_the_garbage_the_paused_block_left_first() -> None:
+    with heap.paused():
+        ref = cycle()  # garbage already: frozen, it would stay until a release
+        heap.settle()
+        assert ref() is None
 
 
 def test_release_without_settle_does_nothing() -> None:

@@ -83,10 +83,11 @@ class _Resident:
     """What the engine applied last to an instance, kept for the next incremental apply.
 
     It starts (after a full apply, or primed from the state store by ``Engine.prime``) with
-    the commit's snapshot and flow call graph only: the desired state and the recorded
-    inventory of a namespace are built the first time a change reaches it (``known`` lists
-    those built), so the engine does not keep half a million resources to change a few
-    (1.2 GB against 0.45 GB on a 50k-flow instance).
+    the commit's root files and summary only (``snapshot.unloaded``): a tenant's snapshot
+    and flow call graph are loaded the first time a change reaches it, and the desired state
+    and recorded inventory of a namespace built (``known`` lists those built). So the engine
+    does not keep half a million resources, or 50,000 flows, to change a few (a 50k-flow
+    instance: 1.2 GB when it kept every resource, 0.45 GB with the whole snapshot).
     """
 
     snapshot: snapshot.Snapshot
@@ -368,7 +369,7 @@ class Engine:
         """Validate, plan and apply ``rev`` all or nothing; returns the plan that was applied.
 
         An invalid commit is recorded as a failed attempt and never reaches the target. After
-        an apply the engine keeps what it applied (its snapshot and call graph): the next
+        an apply the engine keeps what it applied (see ``_Resident``): the next
         apply of a descendant commit then works from ``git diff-tree`` and touches only the
         namespaces the change reaches (``_apply_changes``).
         """

@@ -52,9 +52,12 @@ def settle() -> None:
     """Exempt every object alive now from later collections (``gc.freeze``): for a
     long-running process that just built the state it keeps. Called inside ``paused``, it
     also spares them the collection that would otherwise follow it (a young collection of
-    everything the block allocated: 0.9 s for that commit). Cycles among them are collected
-    at the next ``release``. The memory the build freed goes back to the system, where the
-    C library allows (glibc's ``malloc_trim``: 255 → 202 MB after a 10k-flow apply)."""
+    everything the block allocated: 0.9 s for that commit). The garbage cycles the block
+    left are collected first (frozen, they would stay: 66,000 objects after a 10k-flow
+    apply); cycles among what is kept are collected at the next ``release``. The memory the
+    build freed goes back to the system, where the C library allows (glibc's
+    ``malloc_trim``: 242 → 178 MB after a 10k-flow apply, collection included)."""
+    gc.collect()
     gc.freeze()
     trim = _malloc_trim()
     if trim is not None:
