@@ -93,6 +93,16 @@ def test_settle_collects_the_garbage_the_paused_block_left_first() -> None:
         assert ref() is None
 
 
+def test_settle_without_collecting_only_freezes() -> None:
+    with heap.paused():
+        ref = cycle()
+        heap.settle(collect=False)
+    gc.collect()
+    assert ref() is not None  # frozen as it was: garbage until the next release
+    heap.release()
+    assert ref() is None
+
+
 def test_release_without_settle_does_nothing() -> None:
     with heap.paused():  # no collection may come between
         ref = cycle()

@@ -343,9 +343,10 @@ def test_after_loading_a_tenant_a_refused_or_structural_commit_leaves_a_sound_en
     calls = Calls(monkeypatch)
     assert engine.prime("dev")
     calls.take()
+    assert engine.resident_tenants("dev") == frozenset()
     with pytest.raises(ValidationFailed):  # loads acme, then refuses the commit
         engine.apply("dev", commit(repo_dir, "broken", EDITS["broken yaml"]), trigger="test")
-    assert set(engine._resident["dev"].snapshot.layout.tenants) == {"acme"}
+    assert engine.resident_tenants("dev") == {"acme"}  # kept: the daemon settles it
     apply_by("incremental", engine, repo_dir, commit(repo_dir, "fixed", EDITS["flow"]), calls)
     added = {"tenants/globex/ops/flows/new.yaml": SUBFLOW_ELSEWHERE.replace("caller", "new")}
     apply_by("full", engine, repo_dir, commit(repo_dir, "added", added), calls)

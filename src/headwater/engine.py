@@ -432,10 +432,15 @@ class Engine:
         commit loaded ``whole`` is not kept so: only its root files and summary are, and a
         tenant is loaded again when a change reaches it (a daemon that applied 50,000 flows
         whole would otherwise hold them: 0.9 GB)."""
-        snapshot.remember_summary(resident.snapshot, instance, report)
+        found = snapshot.remember_summary(resident.snapshot, instance, report)
         if whole:
-            resident = _fresh_resident(snapshot.unloaded(resident.snapshot, instance), {}, resident.size)
+            resident = _fresh_resident(snapshot.unloaded(resident.snapshot, instance, found), {}, resident.size)
         self._resident[instance] = resident
+
+    def resident_tenants(self, instance: str) -> frozenset[str]:
+        """The tenants the engine holds loaded for ``instance`` (see ``_Resident``)."""
+        resident = self._resident.get(instance)
+        return frozenset(resident.snapshot.layout.tenants) if resident is not None else frozenset()
 
     def _apply_changes(
         self,
@@ -464,6 +469,8 @@ class Engine:
             resident.desired.calls.update(_calls(update.base.view(instance), update.filled))
         if update is None or instance not in update.snapshot.instances:
             return None
+        if update.changed and instance not in update.touched:
+            return None  # no view of the instance to tell what the change touches: the full path
         if update.snapshot.revision == resident.snapshot.revision:
             return None  # applying it again restores drift: the full path reads the target back
         snap = update.snapshot
@@ -556,14 +563,14 @@ class Engine:
         whole = snap is None
         if snap is None:
             snap = self.load(revision)
-        if instance not in snap.instances or any(d.severity == "error" for d in self.check(snap, instance)):
+        report = self.check(snap, instance) if instance in snap.instances else None
+        if report is None or any(d.severity == "error" for d in report):
             # e.g. rules that changed since it was applied: the full path decides; not loaded
             # again for this revision (the daemon asks at every poll)
             self._unprimable[instance] = revision
             return False
         if whole:
-            snapshot.remember_summary(snap, instance)
-            snap = snapshot.unloaded(snap, instance)
+            snap = snapshot.unloaded(snap, instance, snapshot.remember_summary(snap, instance, report))
         # No tenant is loaded: each is, with its call graph, when a change first reaches it;
         # the desired state and inventory of a namespace likewise.
         self._resident[instance] = _fresh_resident(snap, {}, self.store.inventory_size(instance))

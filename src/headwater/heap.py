@@ -48,7 +48,7 @@ def paused() -> Iterator[None]:
         gc.enable()
 
 
-def settle() -> None:
+def settle(*, collect: bool = True) -> None:
     """Exempt every object alive now from later collections (``gc.freeze``): for a
     long-running process that just built the state it keeps. Called inside ``paused``, it
     also spares them the collection that would otherwise follow it (a young collection of
@@ -56,8 +56,12 @@ def settle() -> None:
     left are collected first (frozen, they would stay: 66,000 objects after a 10k-flow
     apply); cycles among what is kept are collected at the next ``release``. The memory the
     build freed goes back to the system, where the C library allows (glibc's
-    ``malloc_trim``: 242 → 178 MB after a 10k-flow apply, collection included)."""
-    gc.collect()
+    ``malloc_trim``: 242 → 178 MB after a 10k-flow apply, collection included).
+
+    Without ``collect``, for a block that kept much of what it built (a tenant loaded: the
+    collection would go over all of it), it only freezes."""
+    if collect:
+        gc.collect()
     gc.freeze()
     trim = _malloc_trim()
     if trim is not None:

@@ -285,22 +285,26 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
     return snap
 
 
-def remember_summary(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> None:
+Summary = dict[str, tuple[Diagnostic, ...]]  # tenant folder → its diagnostics; "" outside them
+
+
+def remember_summary(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> Summary:
     """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics:
     ``report``, if already made, is ``snap.report([instance])``) in the result cache, for
-    ``load_partial`` (e.g. a restarted daemon) to do without loading it. One record per
-    instance: the commit applied last."""
+    ``load_partial`` (e.g. a restarted daemon) to do without loading it; returned too. One
+    record per instance: the commit applied last."""
+    found = _summary(snap, instance, report)
     if snap.cache is not None and snap._root is not None:
-        record = (snap.revision, _summary(snap, instance, report))
-        snap.cache.put_many({_summary_key(instance, snap._root): record})
+        snap.cache.put_many({_summary_key(instance, snap._root): (snap.revision, found)})
+    return found
 
 
-def unloaded(snap: Snapshot, instance: str) -> Snapshot:
+def unloaded(snap: Snapshot, instance: str, summary: Summary | None = None) -> Snapshot:
     """``snap`` for ``instance`` with no tenant loaded, as ``load_partial`` gives it once its
-    summary is recorded, without reading anything: what a daemon keeps of a commit it applied
-    whole (a tenant is loaded again when a change reaches it)."""
+    summary (``summary``, if already made) is recorded, without reading anything: what a
+    daemon keeps of a commit it applied whole (a tenant is loaded when a change reaches it)."""
     assert snap._root is not None
-    root, found = snap._root, _summary(snap, instance)
+    root, found = snap._root, _summary(snap, instance) if summary is None else summary
     return Snapshot(
         snap.revision, layout.Layout(snap.layout.repo_config, {}, []), root.doc, root.instances, {}, {},
         list(root.diagnostics), root.registry, fixed_diagnostics=list(root.diagnostics), parsed={},
@@ -309,9 +313,7 @@ def unloaded(snap: Snapshot, instance: str) -> Snapshot:
     )
 
 
-def _summary(
-    snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None
-) -> dict[str, tuple[Diagnostic, ...]]:
+def _summary(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> Summary:
     """Every tenant folder of ``snap`` with its diagnostics for ``instance`` (from ``report``,
     ``snap.report([instance])`` when already made); those outside tenant folders under ""."""
     found: dict[str, list[Diagnostic]] = {name: [] for name in snap.layout.tenants}

@@ -53,12 +53,17 @@ def load_instance(d: Daemon, rt: InstanceRuntime) -> None:
 def sync(d: Daemon, rt: InstanceRuntime, reason: str) -> None:
     assert d.engine is not None
     started = time.monotonic()
-    was_primed = d.engine.primed(rt.name)
+    was_primed, had = d.engine.primed(rt.name), d.engine.resident_tenants(rt.name)
     with heap.paused():
         result = attempt(d, rt, reason)
-        built = not was_primed or result.loaded or (result.outcome == "applied" and not result.incremental)
-        if d.engine.primed(rt.name) and built:
-            heap.settle()  # the engine keeps what it built: spare it later collections
+        if d.engine.primed(rt.name):
+            # The engine keeps what it built: spare it later collections. After a full apply
+            # or a prime it keeps little, and the garbage cycles the sync left go first; a
+            # tenant it loaded (even for a commit then refused) is kept whole: frozen only.
+            if not was_primed or (result.outcome == "applied" and not result.incremental):
+                heap.settle()
+            elif d.engine.resident_tenants(rt.name) - had:
+                heap.settle(collect=False)
     duration = time.monotonic() - started
     target_revision = d.engine.target(rt.name).current_revision()
     with d.mu:
