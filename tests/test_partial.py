@@ -243,6 +243,22 @@ def test_partial_snapshots_follow_the_instances_tenants_and_the_ignore_file(
     assert_same_loaded(update.snapshot, snapshot.load(repo, head), instance)
 
 
+@pytest.mark.parametrize("path", ["tenants/NOTES.md", "tenants/globex/ops/files/README.md"])
+def test_a_stray_or_ignored_file_edited_needs_a_full_load_without_loading_a_tenant(
+    repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
+    commit(repo_dir, "extras", {"tenants/NOTES.md": "x\n", "tenants/globex/ops/files/README.md": "x\n"})
+    repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
+    assert path not in snapshot.load(repo, "HEAD").path_index()  # stray, or ignored (**/README.md)
+    old = snapshot.unloaded(whole(repo, "HEAD", "dev", cache), "dev")
+
+    def refuse(*args: object) -> snapshot.Snapshot:
+        raise AssertionError("a tenant was loaded")
+
+    monkeypatch.setattr(snapshot, "_fill", refuse)
+    assert snapshot.update(old, repo, commit(repo_dir, "edit", {path: "changed\n"}), cache=cache) is None
+
+
 def test_the_tenants_folder_turned_into_a_link_needs_a_full_load(repo_dir: Path, tmp_path: Path) -> None:
     repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
     old = whole(repo, "HEAD", "dev", cache)

@@ -432,9 +432,11 @@ class Engine:
         commit loaded ``whole`` is not kept so: only its root files and summary are, and a
         tenant is loaded again when a change reaches it (a daemon that applied 50,000 flows
         whole would otherwise hold them: 0.9 GB)."""
-        found = snapshot.remember_summary(resident.snapshot, instance, report)
+        snap, found = resident.snapshot, None
+        if self.store.get(instance).applied_revision == snap.revision:  # no other process's since
+            found = snapshot.remember_summary(snap, instance, report)
         if whole:
-            resident = _fresh_resident(snapshot.unloaded(resident.snapshot, instance, found), {}, resident.size)
+            resident = _fresh_resident(snapshot.unloaded(snap, instance, found), {}, resident.size)
         self._resident[instance] = resident
 
     def resident_tenants(self, instance: str) -> frozenset[str]:

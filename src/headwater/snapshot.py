@@ -661,6 +661,9 @@ def update(
             return None  # e.g. a submodule added or removed next to README: reported anywhere
     if any(c.status != "M" or c.old_mode != c.new_mode for c in inside):
         return None  # a path added, removed or retyped below tenants/ (or tenants itself)
+    ignored = old._root.ignored if old._root is not None else None
+    if any(c.path.count("/") < 2 or (ignored is not None and ignored(c.path)) for c in inside):
+        return None  # a stray or ignored file the model does not hold (may count tomorrow)
     filled: tuple[str, ...] = ()
     if old.partial is not None:
         instance = old.partial.instance
