@@ -296,16 +296,22 @@ def engine_for(repo_dir: Path, tmp_path: Path) -> Iterator[Engine]:
         yield restarted
 
 
-def test_a_restarted_engine_loads_a_tenant_when_a_change_reaches_it(
-    engine_for: Engine, repo_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    engine = engine_for
+@pytest.fixture
+def primed(engine_for: Engine, monkeypatch: pytest.MonkeyPatch) -> tuple[Engine, Calls]:
+    """The restarted engine, primed, and what it calls on the target from now on."""
     calls = Calls(monkeypatch)
-    assert engine.prime("dev")
+    assert engine_for.prime("dev")
+    calls.take()
+    return engine_for, calls
+
+
+def test_a_restarted_engine_loads_a_tenant_when_a_change_reaches_it(
+    primed: tuple[Engine, Calls], repo_dir: Path
+) -> None:
+    engine, calls = primed
     resident = engine._resident["dev"]
     assert resident.snapshot.partial is not None and resident.snapshot.layout.tenants == {}
     assert resident.desired.calls == {}
-    calls.take()
     for edit, tenants in zip(SEQUENCE[:4], [{"acme"}] * 4, strict=True):
         apply_by("incremental", engine, repo_dir, commit(repo_dir, edit, EDITS[edit]), calls)
         resident = engine._resident["dev"]
@@ -353,12 +359,9 @@ def test_a_restarted_engine_does_not_load_the_commit_whole(
 
 
 def test_after_loading_a_tenant_a_refused_or_structural_commit_leaves_a_sound_engine(
-    engine_for: Engine, repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+    primed: tuple[Engine, Calls], repo_dir: Path
 ) -> None:
-    engine = engine_for
-    calls = Calls(monkeypatch)
-    assert engine.prime("dev")
-    calls.take()
+    engine, calls = primed
     assert engine.resident_tenants("dev") == frozenset()
     with pytest.raises(ValidationFailed):  # loads acme, then refuses the commit
         engine.apply("dev", commit(repo_dir, "broken", EDITS["broken yaml"]), trigger="test")
