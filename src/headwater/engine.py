@@ -381,7 +381,7 @@ class Engine:
         self.forget(instance)
         snap = self.valid_snapshot(rev, instance, record=True)
         spec = snap.instances[instance]
-        bare = desired = self.desired(snap, instance, content=False)
+        desired = self.desired(snap, instance, content=False)
         target = self.target(instance)
         with self.store.lock(instance, trigger):
             self.reconcile(instance)
@@ -403,7 +403,7 @@ class Engine:
                 and target.current_revision() == snap.revision
                 and self.store.get(instance).applied_revision == snap.revision
             ):
-                self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)), whole=True)
+                self._keep_whole(instance, snap, len(inventory))
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
             # The target rebuilds the namespaces that change; it reuses the others by hash.
@@ -421,23 +421,32 @@ class Engine:
             self._write(instance, snap.revision, write)
             self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
         if action == "apply":
-            self._keep(instance, _fresh_resident(snap, bare.calls, len(inventory)), whole=True)
+            self._keep_whole(instance, snap, len(inventory))
         return PlanResult(result, desired, snap)
 
-    def _keep(
-        self, instance: str, resident: _Resident, *, whole: bool = False, report: list[Diagnostic] | None = None
-    ) -> None:
+    def _keep(self, instance: str, resident: _Resident, report: list[Diagnostic]) -> None:
         """Keep what the instance holds now for its next incremental apply, and record the
-        commit's summary, from which a restarted engine starts without loading it whole. A
-        commit loaded ``whole`` is not kept so: only its root files and summary are, and a
-        tenant is loaded again when a change reaches it (a daemon that applied 50,000 flows
-        whole would otherwise hold them: 0.9 GB)."""
-        snap, found = resident.snapshot, None
-        if self.store.get(instance).applied_revision == snap.revision:  # no other process's since
-            found = snapshot.remember_summary(snap, instance, report)
-        if whole:
-            resident = _fresh_resident(snapshot.unloaded(snap, instance, found), {}, resident.size)
+        commit's summary (``report`` is its check), from which a restarted engine starts
+        without loading it whole."""
+        self._remember(instance, resident.snapshot, report)
         self._resident[instance] = resident
+
+    def _keep_whole(
+        self, instance: str, snap: snapshot.Snapshot, size: int, report: list[Diagnostic] | None = None
+    ) -> None:
+        """``_keep`` for a commit loaded whole (``size`` resources): only its root files and
+        summary are kept, and a tenant is loaded again when a change reaches it (a daemon
+        that applied 50,000 flows whole would otherwise hold them: 0.9 GB)."""
+        found = self._remember(instance, snap, report)
+        self._resident[instance] = _fresh_resident(snapshot.unloaded(snap, instance, found), {}, size)
+
+    def _remember(
+        self, instance: str, snap: snapshot.Snapshot, report: list[Diagnostic] | None
+    ) -> snapshot.Summary | None:
+        """Record the commit's summary, unless another process applied since."""
+        if self.store.get(instance).applied_revision != snap.revision:
+            return None
+        return snapshot.remember_summary(snap, instance, report)
 
     def resident_tenants(self, instance: str) -> frozenset[str]:
         """The tenants the engine holds loaded for ``instance`` (see ``_Resident``)."""
@@ -518,7 +527,7 @@ class Engine:
             else:
                 size += k not in inventory
                 inventory[k] = h
-        self._keep(instance, _Resident(snap, bare, inventory, size, resident.known), report=report)
+        self._keep(instance, _Resident(snap, bare, inventory, size, resident.known), report)
         return PlanResult(result, bare, snap, incremental=True, loaded=update.filled)
 
     def _complete(self, instance: str, resident: _Resident, namespaces: Iterable[NsKey]) -> None:
@@ -571,11 +580,12 @@ class Engine:
             # again for this revision (the daemon asks at every poll)
             self._unprimable[instance] = revision
             return False
+        # No tenant is kept loaded: each is, with its call graph, when a change first reaches
+        # it; the desired state and inventory of a namespace likewise.
         if whole:
-            snap = snapshot.unloaded(snap, instance, snapshot.remember_summary(snap, instance, report))
-        # No tenant is loaded: each is, with its call graph, when a change first reaches it;
-        # the desired state and inventory of a namespace likewise.
-        self._resident[instance] = _fresh_resident(snap, {}, self.store.inventory_size(instance))
+            self._keep_whole(instance, snap, self.store.inventory_size(instance), report)
+        else:
+            self._resident[instance] = _fresh_resident(snap, {}, self.store.inventory_size(instance))
         return True
 
     def primed(self, instance: str) -> bool:
