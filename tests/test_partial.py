@@ -200,13 +200,13 @@ def test_a_summary_recorded_from_a_partial_snapshot_is_the_whole_ones(repo_dir: 
     """What a restarted daemon records after its first syncs is what a whole load records,
     restart after restart (no diagnostic counted twice)."""
     repo, cache = GitRepo(repo_dir), ResultCache(tmp_path / "cache.db")
-    want = snapshot._summary(whole(repo, "HEAD", "dev", cache), "dev")
+    want = snapshot.summarize(whole(repo, "HEAD", "dev", cache), "dev")
     assert sum(map(len, want.values())) >= 2
     for _ in range(3):
         snap = partial(repo, "HEAD", "dev", cache)
-        assert snapshot._summary(snap, "dev") == want
+        assert snapshot.summarize(snap, "dev") == want
         grown = snapshot._fill(snap, repo, ["globex"])
-        assert snapshot._summary(grown, "dev") == want
+        assert snapshot.summarize(grown, "dev") == want
         snapshot.remember_summary(grown, "dev")
 
 

@@ -405,7 +405,12 @@ class Engine:
             ):
                 self._keep_whole(instance, snap, len(inventory))
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
-            self.store.begin_apply(instance, snap.revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
+            revision = snap.revision
+            self.store.begin_apply(instance, revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
+            # What is kept of the commit is made now, and the whole snapshot let go before the
+            # target's write: the peak of a full apply.
+            found = snapshot.summarize(snap, instance)
+            snap = snapshot.unloaded(snap, instance, found)
             # The target rebuilds the namespaces that change; it reuses the others by hash.
             touched = {(c.key.tenant, c.key.namespace) for c in result.changes}
             desired = self.with_content(desired, [k for k in desired.sources if (k.tenant, k.namespace) in touched])
@@ -413,40 +418,42 @@ class Engine:
             def write() -> None:
                 nonlocal desired
                 try:
-                    target.apply(snap.revision, desired.state, desired.secrets)
+                    target.apply(revision, desired.state, desired.secrets)
                 except ContentMissing:  # it could not reuse something after all: give it everything
                     desired = self.with_content(desired)
-                    target.apply(snap.revision, desired.state, desired.secrets)
+                    target.apply(revision, desired.state, desired.secrets)
 
-            self._write(instance, snap.revision, write)
-            self.store.finish_apply(instance, snap.revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
+            self._write(instance, revision, write)
+            self.store.finish_apply(instance, revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
         if action == "apply":
-            self._keep_whole(instance, snap, len(inventory))
+            self._keep_whole(instance, snap, len(inventory), summary=found)
         return PlanResult(result, desired, snap)
 
     def _keep(self, instance: str, resident: _Resident, report: list[Diagnostic]) -> None:
         """Keep what the instance holds now for its next incremental apply, and record the
         commit's summary (``report`` is its check), from which a restarted engine starts
         without loading it whole."""
-        self._remember(instance, resident.snapshot, report)
+        self._remember(instance, resident.snapshot, snapshot.summarize(resident.snapshot, instance, report))
         self._resident[instance] = resident
 
     def _keep_whole(
-        self, instance: str, snap: snapshot.Snapshot, size: int, report: list[Diagnostic] | None = None
+        self, instance: str, snap: snapshot.Snapshot, size: int, report: list[Diagnostic] | None = None,
+        summary: snapshot.Summary | None = None,
     ) -> None:
-        """``_keep`` for a commit loaded whole (``size`` resources): only its root files and
-        summary are kept, and a tenant is loaded again when a change reaches it (a daemon
-        that applied 50,000 flows whole would otherwise hold them: 0.9 GB)."""
-        found = self._remember(instance, snap, report)
-        self._resident[instance] = _fresh_resident(snapshot.unloaded(snap, instance, found), {}, size)
+        """``_keep`` for a commit loaded whole (``size`` resources; ``snap`` already
+        ``unloaded`` when its ``summary`` is given): only its root files and summary are kept,
+        and a tenant is loaded again when a change reaches it (a daemon that applied 50,000
+        flows whole would otherwise hold them: 0.9 GB)."""
+        if summary is None:
+            summary = snapshot.summarize(snap, instance, report)
+            snap = snapshot.unloaded(snap, instance, summary)
+        self._remember(instance, snap, summary)
+        self._resident[instance] = _fresh_resident(snap, {}, size)
 
-    def _remember(
-        self, instance: str, snap: snapshot.Snapshot, report: list[Diagnostic] | None
-    ) -> snapshot.Summary | None:
+    def _remember(self, instance: str, snap: snapshot.Snapshot, summary: snapshot.Summary) -> None:
         """Record the commit's summary, unless another process applied since."""
-        if self.store.get(instance).applied_revision != snap.revision:
-            return None
-        return snapshot.remember_summary(snap, instance, report)
+        if self.store.get(instance).applied_revision == snap.revision:
+            snapshot.remember_summary(snap, instance, summary)
 
     def resident_tenants(self, instance: str) -> frozenset[str]:
         """The tenants the engine holds loaded for ``instance`` (see ``_Resident``)."""

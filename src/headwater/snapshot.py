@@ -288,15 +288,13 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
 Summary = dict[str, tuple[Diagnostic, ...]]  # tenant folder → its diagnostics; "" outside them
 
 
-def remember_summary(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> Summary:
+def remember_summary(snap: Snapshot, instance: str, summary: Summary | None = None) -> None:
     """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics:
-    ``report``, if already made, is ``snap.report([instance])``) in the result cache, for
-    ``load_partial`` (e.g. a restarted daemon) to do without loading it; returned too. One
-    record per instance: the commit applied last."""
-    found = _summary(snap, instance, report)
+    ``summarize``, if not given) in the result cache, for ``load_partial`` (e.g. a restarted
+    daemon) to do without loading it. One record per instance: the commit applied last."""
+    found = summarize(snap, instance) if summary is None else summary
     if snap.cache is not None and snap._root is not None:
         snap.cache.put_many({_summary_key(instance, snap._root): (snap.revision, found)})
-    return found
 
 
 def unloaded(snap: Snapshot, instance: str, summary: Summary | None = None) -> Snapshot:
@@ -304,7 +302,7 @@ def unloaded(snap: Snapshot, instance: str, summary: Summary | None = None) -> S
     summary (``summary``, if already made) is recorded, without reading anything: what a
     daemon keeps of a commit it applied whole (a tenant is loaded when a change reaches it)."""
     assert snap._root is not None
-    root, found = snap._root, _summary(snap, instance) if summary is None else summary
+    root, found = snap._root, summarize(snap, instance) if summary is None else summary
     return Snapshot(
         snap.revision, layout.Layout(snap.layout.repo_config, {}, []), root.doc, root.instances, {}, {},
         list(root.diagnostics), root.registry, fixed_diagnostics=list(root.diagnostics), parsed={},
@@ -313,7 +311,7 @@ def unloaded(snap: Snapshot, instance: str, summary: Summary | None = None) -> S
     )
 
 
-def _summary(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> Summary:
+def summarize(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> Summary:
     """Every tenant folder of ``snap`` with its diagnostics for ``instance`` (from ``report``,
     ``snap.report([instance])`` when already made); those outside tenant folders under ""."""
     found: dict[str, list[Diagnostic]] = {name: [] for name in snap.layout.tenants}
