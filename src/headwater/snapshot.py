@@ -281,7 +281,7 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
     if not isinstance(summary, dict) or not all(isinstance(v, tuple) for v in summary.values()):
         return None
     snap = _load(repo, sha, entries, root, cache)
-    snap.partial = Partial(instance, {k: v for k, v in summary.items() if k}, summary.get("", ()))
+    snap.partial = _partial(instance, summary)
     return snap
 
 
@@ -307,8 +307,12 @@ def unloaded(snap: Snapshot, instance: str, summary: Summary | None = None) -> S
         snap.revision, layout.Layout(snap.layout.repo_config, {}, []), root.doc, root.instances, {}, {},
         list(root.diagnostics), root.registry, fixed_diagnostics=list(root.diagnostics), parsed={},
         max_file_bytes=root.max_bytes, extra_types=root.extra, cache=snap.cache,
-        partial=Partial(instance, {k: v for k, v in found.items() if k}, found.get("", ())), _root=root,
+        partial=_partial(instance, found), _root=root,
     )
+
+
+def _partial(instance: str, summary: Summary) -> Partial:
+    return Partial(instance, {k: v for k, v in summary.items() if k}, summary.get("", ()))
 
 
 def summarize(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> Summary:
@@ -677,11 +681,10 @@ def update(
             return None  # a path the model ignores today may count tomorrow
         changed[change.path] = place
         new_oids[change.path] = change.new_oid
-    base = old
     if not changed:
         return Update(
             dataclasses.replace(old, revision=sha, cache=cache, _views=dict(old._views), _paths=old._paths),
-            {}, base, filled,
+            {}, old, filled,
         )
 
     blobs = repo.read_blobs(new_oids.values())
@@ -728,7 +731,7 @@ def update(
         old, revision=sha, layout=tree, configs=configs, flows=flows, parsed=parsed,
         diagnostics=diagnostics, cache=cache, _views={}, _paths=old._paths,
     )
-    result = Update(snap, changed, base, filled)
+    result = Update(snap, changed, old, filled)
     for name, view in old._views.items():
         spec = snap.instances[name]
         snap._views[name], result.remerged[name], result.touched[name] = _update_view(snap, spec, view, changed)
