@@ -1251,3 +1251,87 @@ def test_an_instance_of_format_2_is_read_then_upgraded(root: Path) -> None:
     assert target.revisions() == ["r4", "r3"]
     assert (indexes(root), spaces(root)) == referenced(root)
     assert all(p.stat().st_nlink >= 2 for p in objects(root))
+
+
+def of_tenant(s: State, tenant: str) -> State:
+    return {k: r for k, r in s.items() if k.tenant == tenant}
+
+
+def test_a_revision_staged_tenant_by_tenant_equals_a_whole_apply(tmp_path: Path) -> None:
+    staged = LocalTarget(tmp_path / "a", keep=1, durable=False)
+    whole = LocalTarget(tmp_path / "b", keep=1, durable=False)
+    new = {**wide(1), **sample()}
+    del new[ResourceKey("globex", "team5", "file", "lib/a.py")]
+    for target in (staged, whole):
+        target.apply("r1", wide(0), SECRETS)
+    assert staged.tenants() == {"acme", "globex"}
+    with staged.staged("r2", "r1", ["acme", "globex"]) as stage:
+        stage.add(of_tenant(new, "acme"), SECRETS)
+        assert staged.current_revision() == "r1"  # nothing published before the block ends
+        stage.add(of_tenant(new, "globex"), SECRETS)
+    whole.apply("r2", new, SECRETS)
+    assert staged.current_revision() == "r2"
+    assert staged.manifest() == whole.manifest() == hashes(new)
+    assert hashes(staged.inventory()) == hashes(new)
+    assert hashes(staged.inventory("globex")) == hashes(of_tenant(new, "globex"))
+    assert staged.inventory("initech") == {}
+    root = tmp_path / "a"
+    assert space_of(root, "r1", "globex", "team1") == space_of(root, "r2", "globex", "team1")  # shared
+    assert debris(root) == []
+
+
+def test_a_staged_revision_keeps_the_tenants_it_does_not_rebuild(root: Path, target: LocalTarget) -> None:
+    target.apply("r1", wide(0), {})
+    with target.staged("r2", "r1", ["acme", "initech"]) as stage:
+        stage.add(of_tenant(wide(1), "acme"), {})
+    assert hashes(target.inventory()) == hashes(wide(1))
+    assert os.readlink(root / "revisions/r2/globex") == os.readlink(root / "revisions/r1/globex")  # its index
+    with target.staged("r3", "r2", ["globex"]):
+        pass  # rebuilt with nothing: the tenant goes
+    assert hashes(target.inventory()) == hashes(of_tenant(wide(1), "acme"))
+    assert target.tenants() == {"acme"}
+    with target.staged("r4", None, ["acme"]) as stage:  # no base: only what the block adds
+        stage.add(of_tenant(wide(2), "acme"), {})
+    assert hashes(target.inventory()) == hashes(of_tenant(wide(2), "acme"))
+    assert debris(root) == []
+
+
+def test_a_staged_revision_that_fails_leaves_the_instance_as_it_was(
+    root: Path, target: LocalTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target.apply("r1", wide(0), {})
+    before = (spaces(root), objects(root), os.readlink(root / "current"))
+    with (
+        pytest.raises(RuntimeError, match="the second tenant failed"),
+        target.staged("r2", "r1", ["acme", "globex"]) as stage,
+    ):
+        stage.add(of_tenant(wide(1), "acme"), {})
+        raise RuntimeError("the second tenant failed")
+    assert (spaces(root), objects(root), os.readlink(root / "current")) == before
+    assert debris(root) == []
+    fail_link_number(2, monkeypatch)
+    with pytest.raises(TargetError, match="No space left") as info, target.staged("r2", "r1", ["acme"]) as stage:
+        stage.add(of_tenant(wide(1), "acme"), {})
+    assert info.value.hint and "unchanged" in info.value.hint
+    monkeypatch.undo()
+    assert (spaces(root), objects(root), os.readlink(root / "current")) == before
+    assert hashes(target.inventory()) == hashes(wide(0))
+    with pytest.raises(TargetError, match="does not rebuild"), target.staged("r2", "r1", ["acme"]) as stage:
+        stage.add(wide(1), {})  # globex is kept as it is: not the stage's to change
+    with pytest.raises(BaseMoved), target.staged("r2", "r0", ["acme"]):
+        pass
+    assert target.current_revision() == "r1" and target.revisions() == ["r1"]
+    assert debris(root) == []
+
+
+def test_reading_a_large_instance_back_keeps_a_bounded_number_of_space_manifests(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("headwater.targets.local._SPACE_ROWS_KEPT", 12)
+    target = LocalTarget(root, keep=1, durable=False)
+    target.apply("r1", wide(0), {})  # twelve namespaces of four resources
+    assert hashes(target.inventory()) == hashes(wide(0))
+    assert 1 <= len(target._space_cache) <= 3
+    target.apply("r2", wide(1), {})  # what was dropped from memory is read again when needed
+    assert hashes(target.inventory()) == hashes(wide(1))
+    assert target.manifest() == hashes(wide(1))

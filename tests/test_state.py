@@ -403,3 +403,87 @@ def test_reading_the_inventory_leaves_the_garbage_collector_as_it_was(store: Sta
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+G = ResourceKey("globex", "ops", "flow", "hello")
+H = ResourceKey("globex", "ops", "kv", "region")
+
+
+def test_the_inventory_by_tenant_and_its_tenants(store: StateStore) -> None:
+    apply(store, "r1", {A: "sha256:a", B: "sha256:b", G: "sha256:g"})
+    assert store.tenants("dev") == {"acme", "globex"} and store.tenants("prod") == set()
+    assert store.inventory("dev", tenant="globex") == {G: "sha256:g"}
+    assert store.inventory("dev", tenant="acme") == {A: "sha256:a", B: "sha256:b"}
+    assert store.inventory("dev", tenant="initech") == {}
+
+
+def test_a_staged_apply_replaces_the_staged_tenants_only(store: StateStore, clock: Clock) -> None:
+    apply(store, "r1", {A: "sha256:a", B: "sha256:b", G: "sha256:g"})
+    store.begin_apply("prod", "p1")
+    store.finish_apply("prod", "p1", {A: "sha256:prod"}, {}, "t")
+    store.unstage("dev")
+    store.stage("dev", "acme", {A: "sha256:old", C: "hmac:c"})
+    store.stage("dev", "acme", {A: "sha256:a2", C: "hmac:c"})  # staged again: replaces
+    store.stage("dev", "initech", {})  # a tenant with nothing left
+    store.stage("prod", "acme", {})  # another instance's staging is its own
+    store.begin_apply("dev", "r2", trigger="daemon:poll")
+    clock.now += 5
+    entry_id = store.finish_apply_staged("dev", "r2", {"update": 1}, "daemon:poll")
+    assert store.inventory("dev") == {A: "sha256:a2", C: "hmac:c", G: "sha256:g"}
+    assert store.inventory("prod") == {A: "sha256:prod"}
+    state = store.get("dev")
+    assert (state.applied_revision, state.outcome, state.pending_revision) == ("r2", "applied", None)
+    [entry, _] = store.history("dev")
+    assert (entry.id, entry.revision, entry.summary) == (entry_id, "r2", {"update": 1})
+    # the staging was emptied: the next staged apply starts from nothing
+    store.begin_apply("dev", "r3")
+    store.finish_apply_staged("dev", "r3", {}, "t")
+    assert store.inventory("dev") == {A: "sha256:a2", C: "hmac:c", G: "sha256:g"}
+    store.begin_apply("prod", "p2")
+    store.finish_apply_staged("prod", "p2", {}, "t")
+    assert store.inventory("prod") == {}  # its staged tenant, emptied
+
+
+def test_an_unstaged_apply_records_nothing_of_what_was_staged(store: StateStore) -> None:
+    apply(store, "r1", {A: "sha256:a", G: "sha256:g"})
+    store.stage("dev", "acme", {})
+    store.unstage("dev")
+    store.begin_apply("dev", "r2")
+    store.finish_apply_staged("dev", "r2", {}, "t")
+    assert store.inventory("dev") == {A: "sha256:a", G: "sha256:g"}
+
+
+def test_a_staged_apply_is_refused_while_another_apply_is_pending(store: StateStore) -> None:
+    apply(store, "r1", {A: "sha256:a"})
+    store.stage("dev", "acme", {})
+    store.begin_apply("dev", "r2")
+    with pytest.raises(StateError, match="is pending"):
+        store.finish_apply_staged("dev", "r3", {}, "t")
+    assert store.inventory("dev") == {A: "sha256:a"}
+
+
+def test_staged_rows_do_not_outlive_the_connection(tmp_path: Path) -> None:
+    """A crash (here: closing) drops what was staged along with the apply it was for."""
+    path = tmp_path / "state.db"
+    with StateStore(path) as first:
+        apply(first, "r1", {A: "sha256:a"})
+        first.stage("dev", "acme", {})
+    with StateStore(path) as second:
+        second.begin_apply("dev", "r2")
+        second.finish_apply_staged("dev", "r2", {}, "t")
+        assert second.inventory("dev") == {A: "sha256:a"}
+
+
+def test_reconcile_reads_the_targets_manifest_only_to_complete_an_apply(store: StateStore) -> None:
+    apply(store, "r1", {A: "sha256:a"})
+
+    def unread() -> dict[ResourceKey, str]:
+        raise AssertionError("the manifest was read")
+
+    assert store.reconcile("dev", "r1", unread) == "clean"
+    assert store.reconcile("dev", "other", unread) == "diverged"
+    store.begin_apply("dev", "r2")
+    assert store.reconcile("dev", "r2", lambda: {A: "sha256:a2"}) == "completed"
+    assert store.inventory("dev") == {A: "sha256:a2"}
+    store.begin_apply("dev", "r3")
+    assert store.reconcile("dev", "r2", unread) == "dropped"

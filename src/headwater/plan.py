@@ -196,12 +196,19 @@ class Plan:
     unmanaged: tuple[ResourceKey, ...]
     fingerprint: str
     unchanged: int = 0
+    # A plan counted part by part and not kept (a whole apply of a large instance by the
+    # daemon, ``Engine.apply(by_tenant=True)``): its summary, without its changes.
+    counted: Mapping[str, int] | None = None
 
     @property
     def is_empty(self) -> bool:
+        if self.counted is not None:
+            return not any(self.counted[a] for a in ACTIONS)
         return not self.changes
 
     def summary(self) -> dict[str, int]:
+        if self.counted is not None:
+            return dict(self.counted)
         counts: dict[str, int] = dict.fromkeys(ACTIONS, 0)
         for change in self.changes:
             counts[change.action] += 1

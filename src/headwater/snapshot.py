@@ -200,11 +200,16 @@ class Snapshot:
                         diag.hint, diag.severity, diag.related,
                     )
                 )
-        return sorted(set(result), key=lambda d: (d.path, d.line or 0, d.column or 0, d.code, d.message))
+        return ordered(set(result))
 
     def _only(self, instance: str) -> None:
         if self.partial is not None and instance != self.partial.instance:
             raise ValueError(f"a snapshot loaded for instance {self.partial.instance!r} asked about {instance!r}")
+
+
+def ordered(diagnostics: Iterable[Diagnostic]) -> list[Diagnostic]:
+    """Diagnostics in the order of a report."""
+    return sorted(diagnostics, key=lambda d: (d.path, d.line or 0, d.column or 0, d.code, d.message))
 
 
 # -- caches ----------------------------------------------------------------------------------
@@ -288,6 +293,45 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
 Summary = dict[str, tuple[Diagnostic, ...]]  # tenant folder → its diagnostics; "" outside them
 
 
+@dataclass(frozen=True)
+class Pieces:
+    """A commit listed once and split by tenant folder (``split``), to load one folder at a
+    time (``piece``): how a whole apply goes through a large commit without holding it
+    whole. Together the pieces report what the whole commit does."""
+
+    revision: str
+    root: _Root
+    outside: list[TreeEntry]  # what is outside every tenant folder, root files included
+    folders: dict[str, list[TreeEntry]]  # tenant folder name → what it holds
+
+    @property
+    def instances(self) -> dict[str, InstanceSpec]:
+        return self.root.instances
+
+
+@heap.paused()
+def split(repo: GitRepo, rev: str) -> Pieces:
+    """The commit ``rev`` listed and split by tenant folder; only its root files are read."""
+    sha = repo.resolve(rev)
+    groups: dict[str, list[TreeEntry]] = {}
+    for entry in repo.ls_tree(sha):
+        groups.setdefault(_tenant_folder(entry.path), []).append(entry)
+    outside = groups.pop("", [])
+    root = _read_root(repo, [e for e in outside if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)], ())
+    return Pieces(sha, root, outside, groups)
+
+
+@heap.paused()
+def piece(repo: GitRepo, pieces: Pieces, instance: str, folder: str | None, *, cache: ResultCache) -> Snapshot:
+    """One tenant folder of ``pieces`` (None: what is outside them, the root files with
+    their diagnostics) loaded for ``instance``: its report is that folder's part of the whole
+    commit's (``summarize`` files it under the folder)."""
+    entries = pieces.outside if folder is None else pieces.folders[folder]
+    snap = _load(repo, pieces.revision, entries, pieces.root, cache, root_diagnostics=folder is None)
+    snap.partial = Partial(instance, {})
+    return snap
+
+
 def remember_summary(snap: Snapshot, instance: str, summary: Summary | None = None) -> None:
     """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics:
     ``summarize``, if not given) in the result cache, for ``load_partial`` (e.g. a restarted
@@ -318,10 +362,14 @@ def _partial(instance: str, summary: Summary) -> Partial:
 def summarize(snap: Snapshot, instance: str, report: Iterable[Diagnostic] | None = None) -> Summary:
     """Every tenant folder of ``snap`` with its diagnostics for ``instance`` (from ``report``,
     ``snap.report([instance])`` when already made); those outside tenant folders under ""."""
-    found: dict[str, list[Diagnostic]] = {name: [] for name in snap.layout.tenants}
-    if snap.partial is not None:
-        found.update((name, []) for name in snap.partial.absent)  # the report has their diagnostics
-    for diag in snap.report([instance]) if report is None else report:
+    names = [*snap.layout.tenants, *(snap.partial.absent if snap.partial is not None else ())]
+    return summary_of(names, snap.report([instance]) if report is None else report)
+
+
+def summary_of(tenants: Iterable[str], report: Iterable[Diagnostic]) -> Summary:
+    """The summary of a commit with these tenant folders and this report."""
+    found: dict[str, list[Diagnostic]] = {name: [] for name in tenants}
+    for diag in report:
         found.setdefault(_tenant_folder(diag.path), []).append(diag)
     return {name: tuple(diags) for name, diags in found.items()}
 

@@ -17,7 +17,10 @@ If the process dies after ``begin_apply``, the next ``reconcile`` finds the mark
 target holds the pending revision it completes the record, otherwise it drops the marker and
 records the attempt as interrupted. Either way store and target agree again. An apply that
 changed only some namespaces is recorded with ``finish_apply_delta``, which writes the rows
-that changed without reading the inventory.
+that changed without reading the inventory. An apply written tenant by tenant stages each
+tenant's rows as it goes (``stage``, in a temporary table of this connection) and
+``finish_apply_staged`` swaps them in, in one transaction, so that no process holds the
+inventory of a large instance whole.
 
 No secret value is ever passed to this module: inventories hold keyed hashes for secrets.
 """
@@ -313,11 +316,22 @@ class StateStore:
         return state
 
     def inventory(
-        self, instance: str, namespaces: Iterable[tuple[str, str]] | None = None
+        self,
+        instance: str,
+        namespaces: Iterable[tuple[str, str]] | None = None,
+        *,
+        tenant: str | None = None,
     ) -> dict[ResourceKey, str]:
         """The recorded resources of ``instance`` (only those of ``namespaces``, given as
-        ``(tenant, namespace)``) and their hashes."""
+        ``(tenant, namespace)``, or of ``tenant``) and their hashes."""
         with self._tx(write=False) as db:
+            if tenant is not None:
+                rows = db.execute(
+                    "SELECT namespace, kind, name, hash FROM inventory WHERE instance = ? AND tenant = ?",
+                    (instance, tenant),
+                )
+                with heap.paused():
+                    return {ResourceKey(tenant, n, k, name): h for n, k, name, h in rows}
             if namespaces is None:
                 return self._inventory(db, instance)
             found: dict[ResourceKey, str] = {}
@@ -329,6 +343,12 @@ class StateStore:
                 )
                 found.update((ResourceKey(tenant, namespace, k, name), h) for k, name, h in rows)
             return found
+
+    def tenants(self, instance: str) -> set[str]:
+        """The tenants with recorded resources on ``instance``."""
+        with self._tx(write=False) as db:
+            rows = db.execute("SELECT DISTINCT tenant FROM inventory WHERE instance = ?", (instance,))
+            return {t for (t,) in rows}
 
     def inventory_size(self, instance: str) -> int:
         with self._tx(write=False) as db:
@@ -437,6 +457,66 @@ class StateStore:
             self._check_pending(db, instance, revision)
             return self._complete(db, instance, revision, changes, summary, trigger, action)
 
+    def stage(self, instance: str, tenant: str, inventory: Mapping[ResourceKey, str]) -> None:
+        """Stage ``inventory`` as the whole recorded inventory of ``tenant`` on ``instance``,
+        for ``finish_apply_staged``; staged again, it replaces what was staged for the tenant.
+        Staged rows live in this connection only: a crash drops them with the apply."""
+        with self._tx() as db:
+            self._staging(db)
+            db.execute("DELETE FROM temp.staged WHERE instance = ? AND tenant = ?", (instance, tenant))
+            db.execute("INSERT OR IGNORE INTO temp.staged_tenants VALUES (?, ?)", (instance, tenant))
+            db.executemany(
+                "INSERT INTO temp.staged VALUES (?, ?, ?, ?, ?, ?)",
+                ((instance, k.tenant, k.namespace, k.kind, k.name, h) for k, h in inventory.items()),
+            )
+
+    def unstage(self, instance: str) -> None:
+        """Drop what was staged for ``instance``."""
+        with self._tx() as db:
+            self._staging(db)
+            db.execute("DELETE FROM temp.staged WHERE instance = ?", (instance,))
+            db.execute("DELETE FROM temp.staged_tenants WHERE instance = ?", (instance,))
+
+    def finish_apply_staged(
+        self,
+        instance: str,
+        revision: str,
+        summary: Mapping[str, Any],
+        trigger: str,
+        action: Action = "apply",
+    ) -> int:
+        """``finish_apply`` for an apply whose inventory was staged tenant by tenant
+        (``stage``): each staged tenant's recorded rows are replaced by its staged ones; the
+        other tenants' rows stay as they are. One transaction; the staging is emptied."""
+        with self._tx() as db:
+            self._check_pending(db, instance, revision)
+            self._staging(db)
+            db.execute(
+                "DELETE FROM inventory WHERE instance = ? AND tenant IN"
+                " (SELECT tenant FROM temp.staged_tenants WHERE instance = ?)",
+                (instance, instance),
+            )
+            db.execute(
+                "INSERT INTO inventory (instance, tenant, namespace, kind, name, hash)"
+                " SELECT instance, tenant, namespace, kind, name, hash FROM temp.staged WHERE instance = ?",
+                (instance,),
+            )
+            db.execute("DELETE FROM temp.staged WHERE instance = ?", (instance,))
+            db.execute("DELETE FROM temp.staged_tenants WHERE instance = ?", (instance,))
+            return self._complete(db, instance, revision, {}, summary, trigger, action)
+
+    @staticmethod
+    def _staging(db: sqlite3.Connection) -> None:
+        db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS staged (instance TEXT NOT NULL, tenant TEXT NOT NULL,"
+            " namespace TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, hash TEXT NOT NULL,"
+            " PRIMARY KEY (instance, tenant, namespace, kind, name)) WITHOUT ROWID"
+        )
+        db.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS staged_tenants (instance TEXT NOT NULL, tenant TEXT NOT NULL,"
+            " PRIMARY KEY (instance, tenant))"
+        )
+
     @staticmethod
     def _check_pending(db: sqlite3.Connection, instance: str, revision: str) -> None:
         pending = db.execute(
@@ -465,13 +545,14 @@ class StateStore:
         self,
         instance: str,
         target_revision: str | None,
-        inventory: Mapping[ResourceKey, str] | None = None,
+        inventory: Mapping[ResourceKey, str] | Callable[[], Mapping[ResourceKey, str]] | None = None,
     ) -> Reconciled:
         """Make the store agree with the target after a crash.
 
         - ``clean``: nothing pending and the store agrees with the target;
         - ``completed``: the pending apply reached the target; recorded from ``inventory``
-          (the target's manifest of that revision — required in this case);
+          (the target's manifest of that revision — required in this case; a function
+          returning it is called only then, for it may be large);
         - ``dropped``: the pending apply never reached the target; recorded as interrupted;
         - ``diverged``: nothing pending, yet the target is not at the applied revision
           (changed outside Headwater); nothing is changed, the caller decides.
@@ -497,6 +578,8 @@ class StateStore:
                         hint="pass the target's manifest to reconcile",
                     )
                 recovered = {**json.loads(summary), "recovered": True}
+                if callable(inventory):
+                    inventory = inventory()
                 changes = self._changes(db, instance, inventory)
                 self._complete(db, instance, revision, changes, recovered, trigger, action)
                 return "completed"

@@ -255,7 +255,7 @@ def apply(d: Daemon, rt: InstanceRuntime, revision: str, reason: str) -> SyncRes
         return True
 
     try:
-        result = engine.apply(name, revision, trigger=trigger, confirm=confirm)
+        result = engine.apply(name, revision, trigger=trigger, confirm=confirm, by_tenant=True)
     except ValidationFailed as exc:
         errors = [diag.to_json() for diag in exc.diagnostics if diag.severity == "error"]
         return SyncResult(

@@ -60,11 +60,12 @@ import secrets as _random
 import shutil
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from headwater.errors import TargetError
 from headwater.resources import Resource, ResourceKey, State
@@ -113,6 +114,8 @@ _SYNC_BATCH = 256  # above this many files and directories to flush, one sync() 
 # A space read back clean by ``inventory`` is shared by an apply within this many seconds
 # without walking it again (the engine reads the target back right before it applies).
 _VERIFIED_FOR = 60.0
+_REVISIONS_KEPT = 32  # parsed revision manifests kept in memory
+_SPACE_ROWS_KEPT = 50_000  # rows of the parsed space manifests kept in memory
 
 
 class BaseMoved(TargetError):
@@ -255,8 +258,10 @@ class LocalTarget:
         self.lock_timeout = lock_timeout
         self.prune_later = prune_later
         self._hash_key = secret_hash_key
-        self._revision_cache: dict[str, tuple[tuple[int, int], _Revision]] = {}
-        self._space_cache: dict[str, tuple[tuple[int, int], SpaceManifest]] = {}
+        self._revision_cache: _Manifests[_Revision] = _Manifests(_REVISIONS_KEPT, lambda r: 1)
+        # Bounded by rows: reading a large instance back (drift, a full apply) reads every
+        # space, and kept them all (600,000 rows: 0.4 GB).
+        self._space_cache: _Manifests[SpaceManifest] = _Manifests(_SPACE_ROWS_KEPT, lambda m: len(m.rows) + 1)
         self._verified: dict[str, float] = {}  # space id -> when inventory found it clean
         if self.root.is_dir():
             # Leftovers of a crash are removed on open, unless a writer is at work right now.
@@ -310,13 +315,26 @@ class LocalTarget:
             hint="apply the revision again from Git",
         )
 
-    def inventory(self) -> State:
+    def tenants(self) -> set[str]:
+        """The tenant folders of the current revision."""
+        d = self._current_dir()
+        if d is None:
+            return set()
+        try:
+            return {e.name for e in os.scandir(self.revisions_dir / d) if not e.name.startswith(".")}
+        except FileNotFoundError:
+            return self.tenants() if self._current_dir() != d else set()
+        except OSError as e:
+            raise TargetError(f"cannot read instance {self.root}: {e.strerror}") from e
+
+    def inventory(self, tenant: str | None = None) -> State:
+        """The resources the current revision holds, read back (only those of ``tenant``)."""
         for _ in range(10):
             d = self._current_dir()
             if d is None:
                 return {}
             try:
-                state = self._inventory_of(d)
+                state = self._inventory_of(d, tenant)
             except FileNotFoundError:
                 if self._current_dir() == d and not (self.revisions_dir / d / MANIFEST).exists():
                     raise self._no_manifest(d) from None
@@ -383,6 +401,21 @@ class LocalTarget:
                 resources[key] = res
         self._write(revision, group(resources, secrets), secrets, base, desired.keys())
 
+    @contextlib.contextmanager
+    def staged(self, revision: str, base: str | None, tenants: Collection[str]) -> Iterator[Stage]:
+        """A revision written tenant by tenant, all or nothing: the block gives ``Stage.add``
+        the complete desired resources of each of ``tenants`` (none: the tenant goes), one
+        or more at a time; every other tenant of ``base``, the current revision (when
+        given), keeps its namespaces as they are there, trusted without being read. The
+        revision is published when the block ends, and nothing of it when the block fails.
+        BaseMoved, with the instance unchanged, when ``base`` is not current."""
+        check_revision(revision)
+        with self._locked(revision):
+            kept, indexes = ({}, {}) if base is None else self._kept(base, (), tenants)
+            with self._staging(revision, kept, indexes) as stage:
+                stage.tenants = frozenset(tenants)
+                yield stage
+
     def _write(
         self,
         revision: str,
@@ -394,6 +427,15 @@ class LocalTarget:
         """Materialise and publish a revision of the namespaces ``wanted`` and, given
         ``base``, of every namespace of ``base`` not ``changed``, with the space it has (and
         of every tenant of ``base`` with no namespace ``changed``, with the index it has)."""
+        with self._locked(revision):
+            kept, indexes = ({}, {}) if base is None else self._kept(base, changed)
+            spaces, builds, contents = self._plan(wanted, secrets, kept)  # reads only
+            with self._staging(revision, spaces, indexes) as stage:
+                stage.build(builds, contents)
+
+    @contextlib.contextmanager
+    def _locked(self, revision: str) -> Iterator[None]:
+        """The writer's lock on the instance for the block; an OSError in it is a TargetError."""
         self._ensure_dirs()
         with self._exclusive(wait=self.lock_timeout) as locked:
             if not locked:
@@ -402,18 +444,7 @@ class LocalTarget:
                     hint="wait for the other apply to finish, then retry",
                 )
             try:
-                kept, indexes = ({}, {}) if base is None else self._kept(base, changed)
-                spaces, builds, contents = self._plan(wanted, secrets, kept)  # reads only
-                with self._writing() as mark:
-                    if mark.unclean:
-                        self._remove_debris()
-                    try:
-                        self._publish(self._materialise(revision, spaces, indexes, builds, contents))
-                    except Exception:
-                        self._undo()
-                        raise
-                    if mark.unclean or not self.prune_later:
-                        mark.keep = not self._prune(everything=mark.unclean)
+                yield
             except OSError as e:
                 raise TargetError(
                     f"cannot apply {revision[:12]} to {self.root}: {e.strerror or e}",
@@ -422,11 +453,36 @@ class LocalTarget:
             finally:
                 self._verified.clear()
 
+    @contextlib.contextmanager
+    def _staging(
+        self, revision: str, spaces: dict[tuple[str, str], tuple[str, str]], indexes: dict[str, str]
+    ) -> Iterator[Stage]:
+        """A revision of ``spaces`` (existing), ``indexes`` (existing, of tenants none of whose
+        namespaces changes) and what the block builds, published when it ends; a failure
+        leaves the instance as it was (see ``_undo``)."""
+        with self._writing() as mark:
+            if mark.unclean:
+                self._remove_debris()
+            try:
+                # First: a crash from here on leaves debris that triggers a collection.
+                work = self.revisions_dir / f".tmp-{revision}-{_random.token_hex(8)}"
+                work.mkdir()
+                stage = Stage(self, work, dict(spaces))
+                yield stage
+                self._publish(self._fill(work, revision, stage.spaces, self._write_indexes(stage.spaces, indexes),
+                                         stage.object_dirs))
+            except BaseException:
+                self._undo()
+                raise
+            if mark.unclean or not self.prune_later:
+                mark.keep = not self._prune(everything=mark.unclean)
+
     def _kept(
-        self, base: str, changed: Collection[tuple[str, str]]
+        self, base: str, changed: Collection[tuple[str, str]], tenants: Collection[str] = ()
     ) -> tuple[dict[tuple[str, str], tuple[str, str]], dict[str, str]]:
-        """The spaces of the namespaces of ``base``, the current revision, not ``changed``, and
-        the indexes of its tenants with no namespace ``changed`` (none for a format 2 base)."""
+        """The spaces of the namespaces of ``base``, the current revision, not ``changed`` nor
+        of ``tenants``, and the indexes of its tenants not in ``tenants`` and with no namespace
+        ``changed`` (none for a format 2 base)."""
         d = self._current_dir()
         if d is None or self._revision_of(d) != base:
             raise BaseMoved(
@@ -439,8 +495,9 @@ class LocalTarget:
             raise BaseMoved(self._no_manifest(d).message, hint="apply the whole revision") from None
         except TargetError as e:
             raise BaseMoved(e.message, hint="apply the whole revision") from e
-        touched = {tenant for tenant, _ in changed}
-        spaces = {ns: space for ns, space in recorded.spaces.items() if ns not in changed}
+        rebuilt = set(tenants)
+        touched = {tenant for tenant, _ in changed} | rebuilt
+        spaces = {ns: space for ns, space in recorded.spaces.items() if ns not in changed and ns[0] not in rebuilt}
         indexes = {t: iid for t, iid in (recorded.indexes or {}).items() if t not in touched}
         return spaces, indexes
 
@@ -509,36 +566,6 @@ class LocalTarget:
             else:
                 builds.append(prepare(w, secrets, contents))
         return spaces, builds, contents
-
-    def _materialise(
-        self,
-        revision: str,
-        spaces: dict[tuple[str, str], tuple[str, str]],
-        indexes: dict[str, str],
-        builds: list[Build],
-        contents: dict[str, bytes],
-    ) -> str:
-        """Write the spaces of ``builds``, the indexes of the tenants not in ``indexes``, then
-        the revision folder of them all; its name. A failure leaves debris and unused spaces
-        and indexes: see ``_undo``."""
-        work = self.revisions_dir / f".tmp-{revision}-{_random.token_hex(8)}"
-        work.mkdir()  # first: a crash from here on leaves debris that triggers a collection
-        stats, object_dirs = self._store_objects(contents, builds)
-        mtime = second_ago_ns()
-        written: list[tuple[Build, Path]] = []
-        to_sync: list[Path] = []
-        for build in builds:
-            written.append((build, self._write_space(build, stats, mtime, to_sync)))
-        self._sync(to_sync)
-        spaces = dict(spaces)
-        for build, folder in written:
-            w = build.wanted
-            sid = self._free_id(self.spaces_dir, w.digest[:32])
-            os.symlink(_SPACE_LINK.format(sid), folder / _SPACE_LINK_NAME)  # see _link_space
-            os.rename(folder, self.spaces_dir / sid)
-            spaces[(w.tenant, w.namespace)] = (sid, w.digest)
-        indexes = self._write_indexes(spaces, indexes)
-        return self._fill(work, revision, spaces, indexes, object_dirs)
 
     def _write_indexes(
         self, spaces: dict[tuple[str, str], tuple[str, str]], kept: dict[str, str]
@@ -1161,12 +1188,12 @@ class LocalTarget:
 
     # -- internals: reading back -----------------------------------------------------------
 
-    def _inventory_of(self, dirname: str) -> State:
+    def _inventory_of(self, dirname: str, only: str | None = None) -> State:
         recorded = self._revision(dirname)
         state: State = {}
         now = time.monotonic()
         for tenant in os.scandir(self.revisions_dir / dirname):
-            if tenant.name.startswith("."):
+            if tenant.name.startswith(".") or only not in (None, tenant.name):
                 continue
             where = self._tenant_folder(dirname, tenant.name, recorded)
             if where is None:
@@ -1196,6 +1223,47 @@ class LocalTarget:
 _M = TypeVar("_M")
 
 
+class Stage:
+    """A revision being written (``LocalTarget.staged``): the spaces it has so far."""
+
+    def __init__(self, target: LocalTarget, work: Path, spaces: dict[tuple[str, str], tuple[str, str]]) -> None:
+        self._target = target
+        self._work = work  # the revision folder, filled when the stage is published
+        self.spaces = spaces
+        self.object_dirs: set[Path] = set()
+        self.tenants: frozenset[str] = frozenset()
+
+    def add(self, desired: Mapping[ResourceKey, Resource], secrets: SecretValues) -> None:
+        """Add the namespaces of ``desired`` (of the tenants being rebuilt), each with all
+        its resources: a space that holds them already is shared, the others are written.
+        ContentMissing, with nothing written, when a space to write lacks some content."""
+        wanted = group(desired, secrets)
+        strays = sorted({t for t, _ in wanted} - self.tenants)
+        if strays:
+            raise TargetError(f"desired state lists tenant {strays[0]!r}, which this revision does not rebuild")
+        spaces, builds, contents = self._target._plan(wanted, secrets, {})  # reads only
+        self.spaces.update(spaces)
+        self.build(builds, contents)
+
+    def build(self, builds: list[Build], contents: dict[str, bytes]) -> None:
+        """Write the spaces of ``builds`` and their objects (``contents``)."""
+        target = self._target
+        stats, object_dirs = target._store_objects(contents, builds)
+        self.object_dirs |= object_dirs
+        mtime = second_ago_ns()
+        written: list[tuple[Build, Path]] = []
+        to_sync: list[Path] = []
+        for b in builds:
+            written.append((b, target._write_space(b, stats, mtime, to_sync)))
+        target._sync(to_sync)
+        for b, folder in written:
+            w = b.wanted
+            sid = target._free_id(target.spaces_dir, w.digest[:32])
+            os.symlink(_SPACE_LINK.format(sid), folder / _SPACE_LINK_NAME)  # see _link_space
+            os.rename(folder, target.spaces_dir / sid)
+            self.spaces[(w.tenant, w.namespace)] = (sid, w.digest)
+
+
 def _rename_away(parent: Path, name: str) -> Path | None:
     """Rename a space or index to remove to a temporary name (debris if a crash follows);
     None if it is not one Headwater made (debris, or not ours) or is already gone."""
@@ -1209,9 +1277,39 @@ def _rename_away(parent: Path, name: str) -> Path | None:
     return folder
 
 
-def _read_manifest(
-    path: Path, cache: dict[str, tuple[tuple[int, int], _M]], name: str, parse: Callable[[Any], _M]
-) -> _M:
+class _Manifests(Generic[_M]):
+    """Parsed manifests by name, with the version of the file each was read from (inode and
+    mtime); the least recently used go beyond ``limit`` (in ``weight`` units)."""
+
+    def __init__(self, limit: int, weight: Callable[[_M], int]) -> None:
+        self._items: OrderedDict[str, tuple[tuple[int, int], _M, int]] = OrderedDict()
+        self._limit, self._weight, self._total = limit, weight, 0
+
+    def get(self, name: str) -> tuple[tuple[int, int], _M] | None:
+        item = self._items.get(name)
+        if item is None:
+            return None
+        self._items.move_to_end(name)
+        return item[0], item[1]
+
+    def __setitem__(self, name: str, value: tuple[tuple[int, int], _M]) -> None:
+        self.pop(name, None)
+        weight = self._weight(value[1])
+        self._items[name] = (*value, weight)
+        self._total += weight
+        while self._total > self._limit and len(self._items) > 1:
+            self._total -= self._items.popitem(last=False)[1][2]
+
+    def pop(self, name: str, default: None = None) -> None:
+        item = self._items.pop(name, None)
+        if item is not None:
+            self._total -= item[2]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _read_manifest(path: Path, cache: _Manifests[_M], name: str, parse: Callable[[Any], _M]) -> _M:
     """A manifest file, parsed once per version of the file (inode and mtime)."""
     st = os.stat(path)
     stamp = (st.st_ino, st.st_mtime_ns)

@@ -1,0 +1,234 @@
+"""A full apply made one tenant at a time (``Engine.apply(by_tenant=True)``, the daemon's): it
+must leave the target, the state store and the summary a restart starts from exactly as a
+whole apply does, refuse what a whole apply refuses, and write nothing when it fails."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from headwater import snapshot
+from headwater.engine import Engine, PlanResult
+from headwater.errors import HeadwaterError, PlanRefused, TargetError, ValidationFailed
+from headwater.gitrepo import GitRepo
+from headwater.settings import Settings
+from headwater.targets.local import LocalTarget, Stage
+from tests.gitutil import commit, git, sample_repo
+from tests.test_partial import ERRORS, WARNINGS
+
+INSTANCES = ("dev", "prod")
+FLOW = "id: {id}\nnamespace: {ns}\ntasks:\n  - id: hi\n    type: io.kestra.plugin.core.log.Log\n    message: {msg}\n"
+# Commits that change every kind of thing a full apply meets: an edit, a new flow, a new
+# namespace, a new tenant; then a tenant gone from the commit with all it held.
+CHANGES: list[dict[str, str | None]] = [
+    {
+        "tenants/acme/company/flows/new.yaml": FLOW.format(id="new", ns="company", msg="new"),
+        "tenants/acme/company/team/flows/edit.yaml": FLOW.format(id="edit", ns="company.team", msg="edited"),
+        "tenants/initech/billing/flows/run.yaml": FLOW.format(id="run", ns="billing", msg="run"),
+    },
+    {"tenants/acme/company/flows/new.yaml": None, "tenants/globex/ops/monitoring/flows/x.yaml": None},
+]
+
+
+@pytest.fixture
+def repo_dir(tmp_path: Path) -> Path:
+    path = sample_repo(tmp_path / "repo")
+    commit(path, "warnings", WARNINGS)
+    return path
+
+
+@pytest.fixture
+def engines(repo_dir: Path, tmp_path: Path) -> Iterator[tuple[Engine, Engine]]:
+    """An engine that applies whole, and one that applies tenant by tenant."""
+    whole = Engine(GitRepo(repo_dir), Settings(state_dir=str(tmp_path / "whole")))
+    by_tenant = Engine(GitRepo(repo_dir), Settings(state_dir=str(tmp_path / "by-tenant")))
+    with whole, by_tenant:
+        yield whole, by_tenant
+
+
+def full_apply(engine: Engine, instance: str, *, by_tenant: bool, **kw: Any) -> PlanResult:
+    engine.forget(instance)  # a full apply, as after the daemon's drift check
+    branch = engine.repo.resolve("HEAD")
+    return engine.apply(instance, branch, trigger="test", by_tenant=by_tenant, **kw)
+
+
+def both(engines: tuple[Engine, Engine], instance: str, **kw: Any) -> tuple[PlanResult, PlanResult]:
+    whole, by_tenant = engines
+    return full_apply(whole, instance, by_tenant=False, **kw), full_apply(by_tenant, instance, by_tenant=True, **kw)
+
+
+def hashes(state: Any) -> dict[Any, str]:
+    return {k: r.hash for k, r in state.items()}
+
+
+def assert_same_outcome(engines: tuple[Engine, Engine], instance: str) -> None:
+    whole, by_tenant = engines
+    a, b = whole.target(instance), by_tenant.target(instance)
+    assert a.current_revision() == b.current_revision()
+    assert a.manifest() == b.manifest()
+    assert hashes(a.inventory()) == hashes(b.inventory()) == a.manifest()
+    assert a.tenants() == b.tenants()
+    assert whole.store.inventory(instance) == by_tenant.store.inventory(instance) == a.manifest()
+    sa, sb = whole.store.get(instance), by_tenant.store.get(instance)
+    assert (sa.applied_revision, sa.attempted_revision, sa.outcome, sa.errors, sa.pending_revision) == (
+        sb.applied_revision, sb.attempted_revision, sb.outcome, sb.errors, sb.pending_revision,
+    )
+    history = [[(h.revision, h.summary) for h in e.store.history(instance)] for e in engines]
+    assert history[0] == history[1]
+    # what a restart starts from: the commit's summary, recorded alike
+    if sa.applied_revision is not None:
+        pa = snapshot.load_partial(whole.repo, sa.applied_revision, instance, cache=whole.cache)
+        pb = snapshot.load_partial(by_tenant.repo, sa.applied_revision, instance, cache=by_tenant.cache)
+        assert pa is not None and pb is not None and pa.partial == pb.partial
+
+
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_applied_tenant_by_tenant_an_instance_ends_as_applied_whole(
+    engines: tuple[Engine, Engine], repo_dir: Path, instance: str
+) -> None:
+    whole, by_tenant = both(engines, instance)
+    assert by_tenant.plan.summary() == whole.plan.summary() and whole.plan.summary()["create"] > 0
+    assert by_tenant.desired.missing_secrets == whole.desired.missing_secrets
+    assert not by_tenant.incremental and by_tenant.plan.revision == whole.plan.revision
+    assert_same_outcome(engines, instance)
+    again = both(engines, instance)  # nothing to do: no new revision, no history row
+    assert again[1].plan.is_empty and again[1].plan.summary() == again[0].plan.summary()
+    assert_same_outcome(engines, instance)
+    for n, files in enumerate(CHANGES):
+        commit(repo_dir, f"change {n}", files)
+        results = both(engines, instance)
+        assert results[1].plan.summary() == results[0].plan.summary()
+        assert_same_outcome(engines, instance)
+    assert engines[1].target(instance).tenants() == {"acme", "globex", "initech"}
+
+
+def test_a_tenant_gone_from_the_commit_goes_from_the_instance(
+    engines: tuple[Engine, Engine], repo_dir: Path
+) -> None:
+    both(engines, "dev")
+    commit(repo_dir, "globex goes", {"tenants/globex": None})
+    whole, by_tenant = both(engines, "dev")
+    assert by_tenant.plan.summary() == whole.plan.summary() and whole.plan.summary()["delete"] > 0
+    assert_same_outcome(engines, "dev")
+    assert engines[1].target("dev").tenants() == {"acme"} and engines[1].store.tenants("dev") == {"acme"}
+
+
+def test_drift_is_counted_and_restored_alike(engines: tuple[Engine, Engine]) -> None:
+    both(engines, "dev")
+    for engine in engines:
+        path = next((engine.settings.instance_path("dev") / "current/globex/ops/flows").iterdir())
+        os.chmod(path, 0o644)
+        path.write_text("changed by hand\n")
+        assert engine.drift("dev")
+    whole, by_tenant = both(engines, "dev")
+    assert by_tenant.plan.summary() == whole.plan.summary()
+    assert whole.plan.summary()["drift"] == whole.plan.summary()["update"] == 1
+    assert engines[1].drift("dev") == []
+    assert_same_outcome(engines, "dev")
+
+
+def test_an_invalid_commit_is_refused_alike_and_nothing_is_written(
+    engines: tuple[Engine, Engine], repo_dir: Path
+) -> None:
+    both(engines, "dev")
+    commit(repo_dir, "errors", ERRORS)
+    refused = []
+    for engine, by_tenant in zip(engines, (False, True), strict=True):
+        with pytest.raises(ValidationFailed) as info:
+            full_apply(engine, "dev", by_tenant=by_tenant)
+        refused.append(info.value.diagnostics)
+    assert refused[0] == refused[1]
+    assert {d.code for d in refused[1]} >= {"layout.stray-file", "layout.bad-tenant", "yaml.syntax"}
+    assert_same_outcome(engines, "dev")
+    assert engines[1].store.get("dev").outcome == "failed"
+
+
+def test_a_mass_delete_is_refused_alike(engines: tuple[Engine, Engine], repo_dir: Path) -> None:
+    both(engines, "prod")  # prod allows deleting 20 % of what it holds
+    commit(repo_dir, "acme goes", {"tenants/acme": None})
+    messages = []
+    for engine, by_tenant in zip(engines, (False, True), strict=True):
+        with pytest.raises(PlanRefused) as info:
+            full_apply(engine, "prod", by_tenant=by_tenant)
+        messages.append(info.value.message)
+    assert messages[0] == messages[1] and "deletes" in messages[1]
+    assert_same_outcome(engines, "prod")
+    # what the refused apply staged is dropped: the next one records only what it writes
+    commit(repo_dir, "acme is back, one flow more", {
+        "tenants/acme/company/flows/new.yaml": FLOW.format(id="new", ns="company", msg="new"),
+    })
+    git(repo_dir, "checkout", "-q", "HEAD~2", "--", "tenants/acme")
+    commit(repo_dir, "restore acme")
+    results = both(engines, "prod")
+    assert results[1].plan.summary() == results[0].plan.summary()
+    assert_same_outcome(engines, "prod")
+
+
+def test_a_write_that_fails_part_way_leaves_target_and_store_as_they_were(
+    engines: tuple[Engine, Engine], repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engines[1]
+    both(engines, "dev")
+    before = engine.target("dev").current_revision()
+    recorded = engine.store.inventory("dev")
+    commit(repo_dir, "two tenants change", CHANGES[0])
+    real_add, added = Stage.add, []
+
+    def add_then_fail(stage: Stage, *args: Any) -> None:
+        added.append(stage)
+        if len(added) == 2:
+            raise OSError(28, "No space left on device")
+        real_add(stage, *args)
+
+    monkeypatch.setattr(Stage, "add", add_then_fail)
+    with pytest.raises(TargetError, match="No space left"):
+        full_apply(engine, "dev", by_tenant=True)
+    monkeypatch.undo()
+    assert len(added) == 2
+    target = engine.target("dev")
+    assert target.current_revision() == before and engine.store.inventory("dev") == recorded
+    state = engine.store.get("dev")
+    assert (state.applied_revision, state.outcome, state.pending_revision) == (before, "failed", None)
+    assert hashes(target.inventory()) == recorded
+    assert engine.store.history("dev")[0].revision == before
+    both(engines, "dev")
+    state = engine.store.get("dev")
+    assert (state.applied_revision, state.outcome) == (engine.repo.resolve("HEAD"), "applied")
+    assert engine.store.inventory("dev") == engines[0].store.inventory("dev") != recorded
+
+
+def test_an_instance_headwater_yaml_does_not_define_is_refused(engines: tuple[Engine, Engine]) -> None:
+    with pytest.raises(HeadwaterError, match=r"not defined in headwater\.yaml"):
+        full_apply(engines[1], "staging", by_tenant=True)
+    assert engines[1].store.get("staging").applied_revision is None
+
+
+def test_the_whole_instance_is_never_read_at_once(
+    engines: tuple[Engine, Engine], repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target and the recorded inventory are read one tenant at a time, and nothing
+    loads the commit whole."""
+    engine = engines[1]
+    full_apply(engine, "dev", by_tenant=True)
+    commit(repo_dir, "a change", CHANGES[0])
+    reads: list[str | None] = []
+    real_inventory = LocalTarget.inventory
+
+    def inventory(target: LocalTarget, tenant: str | None = None) -> Any:
+        reads.append(tenant)
+        return real_inventory(target, tenant)
+
+    def whole_load(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the commit was loaded whole")
+
+    monkeypatch.setattr(LocalTarget, "inventory", inventory)
+    monkeypatch.setattr(snapshot, "load", whole_load)
+    monkeypatch.setattr(LocalTarget, "manifest", whole_load)
+    full_apply(engine, "dev", by_tenant=True)
+    engine.drift("dev")
+    assert reads and None not in reads
+    assert sorted(set(reads)) == ["acme", "globex", "initech"]
