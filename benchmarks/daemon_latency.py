@@ -22,9 +22,13 @@ bare clone over file://, with its HTTP server on 127.0.0.1. Phases, one state di
    process start → listening, process start → /readyz ready, the first sync's duration as
    the daemon logs it (a full load and plan of the commit, then its apply), and one more
    webhook push → applied;
-3. polling (webhooks unused, poll interval --poll-interval): the same edit, measured until
+3. drift: with the daemon stopped, one flow of the instance is replaced by hand; a daemon
+   with self-heal on starts, its start-up drift check (which reads the whole instance back)
+   finds it, and the full sync that follows restores it; measured: the drift check's end,
+   the full sync's duration, and the daemon's peak RSS through both;
+4. polling (webhooks unused, poll interval --poll-interval): the same edit, measured until
    applied; expect about half the interval on average plus the apply;
-4. idle: a daemon with the default poll (60 s) and drift check (300 s), already in sync;
+5. idle: a daemon with the default poll (60 s) and drift check (300 s), already in sync;
    user + system CPU of the daemon and the git processes it ran, over --idle seconds.
 
 Memory: the daemon's peak RSS (VmHWM of /proc/PID/status, read before stopping it; reset
@@ -63,7 +67,7 @@ if str(ROOT) not in sys.path:
 from benchmarks import floors  # noqa: E402
 
 SECRET = "bench-webhook-secret"
-PHASES = ("webhook", "restart", "polling", "idle")
+PHASES = ("webhook", "restart", "drift", "polling", "idle")
 COLD_KEYS = ("result", "duration", "create", "update", "delete")
 
 
@@ -615,6 +619,44 @@ def restart_measure(daemon: DaemonProcess, sha: str, probe: Probe, args: argpars
     say(f"  ready in {ready:.2f}s, first sync {first['duration']}s; {daemon.memory_text()}")
 
 
+def phase_drift(make: Callable[[str], DaemonProcess], work: Path, args: argparse.Namespace,
+                results: dict[str, Any]) -> None:
+    say(f"[drift] a flow replaced by hand in the stopped instance; a self-healing daemon starts, load {load()}")
+    results["load_drift"] = load()
+    current = work / "instances" / "dev" / "current"
+    flow = next(current.glob("*/*/flows/*.yaml"))
+    replacement = flow.with_name(".hand-edit")
+    replacement.write_bytes(flow.read_bytes() + b"# changed by hand\n")
+    os.replace(replacement, flow)  # a new file: the object it was linked to stays intact
+    daemon = make("drift")
+    try:
+        daemon.start(args.cold_timeout, progress=args.progress)
+        deadline = time.monotonic() + args.cold_timeout
+        while True:
+            daemon.log.poll()
+            drift = daemon.log.find(lambda e: e.get("event") == "drift")
+            if drift is not None:
+                found = float(drift["ts"])
+                syncs = [e for e in daemon.log.events if e.get("event") == "sync" and e.get("result") == "applied"]
+                heal = next((e for e in syncs if float(e.get("ts", 0)) >= found), None)
+                if heal is not None:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no drift healed within {args.cold_timeout:g}s; last logged: {daemon.log.last()}")
+            time.sleep(0.05)
+        results["drift"] = {
+            "found_seconds": float(drift["ts"]) - daemon.started_wall,
+            "count": drift.get("count"),
+            "heal_sync_seconds": float(heal["duration"]),
+            "heal_sync": heal.get("msg"),
+        }
+        results["memory_drift"] = daemon.memory()
+        say(f"  drift found {results['drift']['found_seconds']:.1f}s after start, healed by a full sync of "
+            f"{float(heal['duration']):.1f}s; {daemon.memory_text()}")
+    finally:
+        daemon.stop(args.timeout)
+
+
 def phase_polling(make: Callable[[str], DaemonProcess], probe: Probe, poll: float,
                   args: argparse.Namespace, results: dict[str, Any]) -> None:
     say(f"[polling] every {poll:g}s, {args.samples} pushes, load {load()}")
@@ -695,6 +737,11 @@ def table(results: dict[str, Any]) -> str:
             f"its sync {r['next_webhook_sync_seconds']:.3f}s")
         one("restart: then a push to another tenant", r.get("other_tenant_seconds"),
             f"its sync {r.get('other_tenant_sync_seconds') or 0:.3f}s (loads that tenant)")
+    if "drift" in results:
+        d = results["drift"]
+        one("drift: process start → drift found", d["found_seconds"],
+            f"{d['count']} resource(s); the start-up drift check reads the whole instance back")
+        one("drift: the full sync that restores it", d["heal_sync_seconds"], d.get("heal_sync") or "")
     if "polling" in results:
         add(f"polling every {results['poll_interval_seconds']:g}s: push → applied", results["polling"])
     if "idle" in results:
@@ -710,7 +757,7 @@ def table(results: dict[str, Any]) -> str:
             lines.append("  ".join("-" * w for w in widths))
     memory = []
     for key, label in (("memory_cold_start", "cold start"), ("memory_webhook", "webhook phase"),
-                       ("memory_restart", "restart")):
+                       ("memory_restart", "restart"), ("memory_drift", "drift check + full sync")):
         m = results.get(key)
         if m:
             memory.append(
@@ -719,10 +766,11 @@ def table(results: dict[str, Any]) -> str:
                 f"{m['helper_peak_mb']:.0f} MB ({m['helper_peak_process'] or '-'})"
             )
     if memory:
-        reset = (results.get("memory_webhook") or {}).get("peak_was_reset_after_cold_start")
-        lines += ["", "peak RSS (VmHWM of the daemon; the process tree sampled 4 times a second)"
-                  + (", the webhook phase's from the end of the cold start:" if reset else
-                     "; the kernel refused to reset VmHWM after the cold start:"), *memory]
+        webhook = results.get("memory_webhook")
+        reset = "" if webhook is None else (
+            ", the webhook phase's from the end of the cold start" if webhook.get("peak_was_reset_after_cold_start")
+            else "; the kernel refused to reset VmHWM after the cold start")
+        lines += ["", f"peak RSS (VmHWM of the daemon; the process tree sampled 4 times a second){reset}:", *memory]
     return "\n".join(lines)
 
 
@@ -817,6 +865,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if daemon is not None:
                 daemon.stop(args.timeout)
+        if "drift" in phases:
+            phase_drift(lambda name: DaemonProcess(
+                work, name, config(poll={"interval": 0}, drift_interval="1h",
+                                   instances={"dev": {"target": {"path": str(work / "instances" / "dev")},
+                                                      "selfHeal": True}})),
+                work, args, results)
         if "polling" in phases:
             phase_polling(lambda name: DaemonProcess(
                 work, name, config(poll={"interval": poll, "jitter": 0.1}, drift_interval=0)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -171,6 +172,9 @@ def test_daemon_process_tree_and_table() -> None:
         "memory_webhook": {"daemon_peak_mb": 120, "daemon_rss_mb": 110, "tree_peak_mb": 125,
                            "helper_peak_mb": 7, "helper_peak_process": "git",
                            "peak_was_reset_after_cold_start": True},
+        "drift": {"found_seconds": 2.5, "count": 1, "heal_sync_seconds": 4.25, "heal_sync": "dev: applied"},
+        "memory_drift": {"daemon_peak_mb": 140, "daemon_rss_mb": 90, "tree_peak_mb": 150,
+                         "helper_peak_mb": 7, "helper_peak_process": "git"},
     }
     text = daemon_latency.table(results)
     assert "webhook: push → applied (floor in-process)     0.200" in text
@@ -178,6 +182,9 @@ def test_daemon_process_tree_and_table() -> None:
     assert "restart: process start → ready" in text
     assert "restart: then a push to another tenant" in text and "0.900" in text and "its sync 0.750s" in text
     assert "webhook phase: daemon peak 120 MB" in text
+    assert "drift: process start → drift found" in text and "2.500" in text and "1 resource(s)" in text
+    assert "drift: the full sync that restores it" in text and "4.250" in text
+    assert "drift check + full sync: daemon peak 140 MB" in text
 
 
 def test_the_daemon_probe_can_edit_a_flow_of_another_tenant(tmp_path: Path) -> None:
@@ -193,3 +200,22 @@ def test_the_daemon_probe_can_edit_a_flow_of_another_tenant(tmp_path: Path) -> N
     assert "/flows/" in other.path
     sha = other.commit()
     assert git(bare, "diff-tree", "-r", "--name-only", "--no-commit-id", sha).split() == [other.path]
+
+
+def test_the_daemon_benchmark_heals_drift_with_a_full_sync(tmp_path: Path) -> None:
+    """The drift phase end to end on the sample repository: a flow replaced by hand in the
+    stopped instance is found by the start-up drift check and restored by a full sync."""
+    from benchmarks import daemon_latency
+
+    from tests.gitutil import sample_repo
+
+    out = tmp_path / "drift.json"
+    code = daemon_latency.main([
+        str(sample_repo(tmp_path / "repo")), "--phases", "drift", "--samples", "1",
+        "--timeout", "60", "--cold-timeout", "120", "--json", str(out),
+    ])
+    results = json.loads(out.read_text())
+    assert code == 0, results.get("error")
+    assert results["drift"]["count"] == 1
+    assert "+0 ~1 -0" in results["drift"]["heal_sync"] or "1 updated" in results["drift"]["heal_sync"], results
+    assert results["memory_drift"]["daemon_peak_mb"] > 0

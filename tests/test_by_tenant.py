@@ -232,3 +232,32 @@ def test_the_whole_instance_is_never_read_at_once(
     engine.drift("dev")
     assert reads and None not in reads
     assert sorted(set(reads)) == ["acme", "globex", "initech"]
+
+
+def test_priming_without_a_summary_goes_tenant_by_tenant_and_records_it(
+    engines: tuple[Engine, Engine], repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After an upgrade (no summary for this code) a restarted engine reads each tenant folder
+    in turn, never the whole commit, and records the summary the whole commit gives."""
+    whole, engine = engines  # the commit has warnings: the summary holds them
+    full_apply(whole, "dev", by_tenant=False)
+    full_apply(engine, "dev", by_tenant=True)
+    revision = engine.store.get("dev").applied_revision
+    assert revision is not None
+    want = snapshot.load_partial(whole.repo, revision, "dev", cache=whole.cache)
+    monkeypatch.setattr(snapshot, "model_fingerprint", lambda: "the next version")
+    assert snapshot.load_partial(engine.repo, revision, "dev", cache=engine.cache) is None
+
+    def whole_load(*args: Any, **kw: Any) -> Any:
+        raise AssertionError("the commit was loaded whole")
+
+    monkeypatch.setattr(snapshot, "load", whole_load)
+    with Engine(GitRepo(repo_dir), Settings(state_dir=str(tmp_path / "by-tenant"))) as restarted:
+        assert restarted.prime("dev")
+        got = snapshot.load_partial(restarted.repo, revision, "dev", cache=restarted.cache)
+        assert want is not None and got is not None and got.partial == want.partial
+        commit(repo_dir, "one flow more", {
+            "tenants/acme/company/flows/new.yaml": FLOW.format(id="new", ns="company", msg="new"),
+        })
+        result = restarted.apply("dev", restarted.repo.resolve("HEAD"), trigger="test", by_tenant=True)
+        assert result.plan.summary()["create"] == 1

@@ -491,14 +491,15 @@ class Engine:
         return PlanResult(result, desired, kept)
 
     def _count_by_tenant(
-        self, instance: str, pieces: snapshot.Pieces, base: str | None, gone: list[str]
+        self, instance: str, pieces: snapshot.Pieces, base: str | None, gone: list[str], *, plan: bool = True
     ) -> tuple[
         snapshot.Snapshot, list[Diagnostic], dict[str, int], dict[str, set[NsKey]], list[str], int,
         list[ResourceKey],
     ]:
-        """The first pass of ``_apply_by_tenant``: the commit's report, and, while it has
-        no error, the plan's counts, the namespaces that change by tenant, the tenants, the
-        size of the desired state and the secrets without a value."""
+        """The first pass of ``_apply_by_tenant``: the commit's report and its tenants, and,
+        with ``plan`` and while the report has no error, the plan's counts, the namespaces
+        that change by tenant, the size of the desired state and the secrets without a
+        value."""
         target, revision = self.target(instance), pieces.revision
         report: set[Diagnostic] = set()
         counts = dict.fromkeys([*planning.ACTIONS, "drift", "unchanged"], 0)
@@ -513,8 +514,8 @@ class Engine:
                 snap = snapshot.piece(self.repo, pieces, instance, folder, cache=self.cache)
                 report.update(snap.report([instance]))
                 names += snap.layout.tenants
-                if any(d.severity == "error" for d in report):
-                    continue  # the commit is refused: only its report matters now
+                if not plan or any(d.severity == "error" for d in report):
+                    continue  # only the report matters (the commit is refused)
                 desired = self.desired(snap, instance, content=False)
                 del snap
             elif any(d.severity == "error" for d in report):
@@ -699,23 +700,29 @@ class Engine:
         if self.target(instance).current_revision() != revision or self._unprimable.get(instance) == revision:
             return False
         # From the commit's summary, which the last apply recorded; without it (another
-        # version of Headwater applied it), from the whole commit, which records one.
+        # version of Headwater applied it), from each tenant folder in turn, and it is
+        # recorded then.
         snap = snapshot.load_partial(self.repo, revision, instance, cache=self.cache)
-        whole = snap is None
+        found: snapshot.Summary | None = None
         if snap is None:
-            snap = self.load(revision)
-        report = self.check(snap, instance) if instance in snap.instances else None
-        if report is None or any(d.severity == "error" for d in report):
+            pieces = snapshot.split(self.repo, revision)
+            if instance in pieces.instances:
+                outside, whole, *_, names, _size, _missing = self._count_by_tenant(
+                    instance, pieces, None, [], plan=False
+                )
+                found = snapshot.summary_of(names, whole)
+                snap = snapshot.unloaded(outside, instance, found)
+        report = self.check(snap, instance) if snap is not None and instance in snap.instances else None
+        if snap is None or report is None or any(d.severity == "error" for d in report):
             # e.g. rules that changed since it was applied: the full path decides; not loaded
             # again for this revision (the daemon asks at every poll)
             self._unprimable[instance] = revision
             return False
         # No tenant is kept loaded: each is, with its call graph, when a change first reaches
         # it; the desired state and inventory of a namespace likewise.
-        if whole:
-            self._keep_whole(instance, snap, self.store.inventory_size(instance), report)
-        else:
-            self._resident[instance] = _fresh_resident(snap, {}, self.store.inventory_size(instance))
+        if found is not None:
+            self._remember(instance, snap, found)
+        self._resident[instance] = _fresh_resident(snap, {}, self.store.inventory_size(instance))
         return True
 
     def primed(self, instance: str) -> bool:
