@@ -13,9 +13,10 @@ import pytest
 
 from headwater import snapshot
 from headwater.engine import Engine, PlanResult
-from headwater.errors import HeadwaterError, PlanRefused, TargetError, ValidationFailed
+from headwater.errors import HeadwaterError, PlanRefused, StateError, TargetError, ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.settings import Settings
+from headwater.state import Lock
 from headwater.targets.local import LocalTarget, Stage
 from tests.gitutil import commit, git, sample_repo
 from tests.test_partial import ERRORS, WARNINGS
@@ -261,3 +262,34 @@ def test_priming_without_a_summary_goes_tenant_by_tenant_and_records_it(
         })
         result = restarted.apply("dev", restarted.repo.resolve("HEAD"), trigger="test", by_tenant=True)
         assert result.plan.summary()["create"] == 1
+
+
+def test_the_lock_is_extended_tenant_by_tenant_and_a_lost_lock_writes_nothing(
+    engines: tuple[Engine, Engine], repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """However long a large instance takes, its lock does not expire under the apply; and if
+    another process took it over all the same, the apply stops with the instance unchanged."""
+    engine = engines[1]
+    refreshed: list[str] = []
+    real_refresh = Lock.refresh
+
+    def counted(lock: Lock, ttl: float) -> None:
+        refreshed.append(lock.instance)
+        real_refresh(lock, ttl)
+
+    monkeypatch.setattr(Lock, "refresh", counted)
+    full_apply(engine, "dev", by_tenant=True)
+    assert len(refreshed) >= 2 * len(engine.target("dev").tenants())  # each pass, each tenant
+    before = engine.target("dev").current_revision()
+    commit(repo_dir, "two tenants change", CHANGES[0])
+    real_add = Stage.add
+
+    def taken_over(stage: Stage, *args: Any) -> None:
+        real_add(stage, *args)
+        engine.store._db.execute("UPDATE locks SET token = 'another process' WHERE instance = 'dev'")
+
+    monkeypatch.setattr(Stage, "add", taken_over)
+    with pytest.raises(StateError, match="lock on instance dev was lost"):
+        full_apply(engine, "dev", by_tenant=True)
+    assert engine.target("dev").current_revision() == before
+    assert engine.store.get("dev").applied_revision == before

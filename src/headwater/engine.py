@@ -38,10 +38,13 @@ from headwater.secrets import (
     lookup_scope,
 )
 from headwater.settings import Settings
-from headwater.state import StateStore
+from headwater.state import Lock, StateStore
 from headwater.targets.local import LocalTarget, Stage
 
 SecretValues = dict[tuple[str, str], dict[str, str]]
+# How long an apply's lock on its instance lasts without being extended: an apply going
+# tenant by tenant extends it after each tenant, however long the whole takes.
+LOCK_TTL = 300.0
 NsKey = tuple[str, str]
 
 
@@ -453,14 +456,14 @@ class Engine:
         revision = pieces.revision
         _defined(instance, revision, pieces.instances)
         spec, target = pieces.instances[instance], self.target(instance)
-        with self.store.lock(instance, trigger):
+        with self.store.lock(instance, trigger, ttl=LOCK_TTL) as lock:
             self.reconcile(instance)
             base = target.current_revision()
             managed_size = self.store.inventory_size(instance)
             gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys()
             self.store.unstage(instance)
             try:
-                first = self._count_by_tenant(instance, pieces, base, sorted(gone))
+                first = self._count_by_tenant(instance, pieces, base, sorted(gone), lock=lock)
                 outside, report, counts, changing, names, size, missing = first
                 errors = [d for d in report if d.severity == "error"]
                 if errors:
@@ -481,6 +484,7 @@ class Engine:
                     with target.staged(revision, base, changing) as stage:
                         for tenant in sorted(changing.keys() - gone):
                             self._write_tenant(instance, pieces, tenant, changing[tenant], stage)
+                            lock.refresh(LOCK_TTL)
 
                 self._write(instance, revision, write)
                 self.store.finish_apply_staged(instance, revision, summary, trigger, "apply")
@@ -491,7 +495,8 @@ class Engine:
         return PlanResult(result, desired, kept)
 
     def _count_by_tenant(
-        self, instance: str, pieces: snapshot.Pieces, base: str | None, gone: list[str], *, plan: bool = True
+        self, instance: str, pieces: snapshot.Pieces, base: str | None, gone: list[str], *, plan: bool = True,
+        lock: Lock | None = None,
     ) -> tuple[
         snapshot.Snapshot, list[Diagnostic], dict[str, int], dict[str, set[NsKey]], list[str], int,
         list[ResourceKey],
@@ -499,7 +504,7 @@ class Engine:
         """The first pass of ``_apply_by_tenant``: the commit's report and its tenants, and,
         with ``plan`` and while the report has no error, the plan's counts, the namespaces
         that change by tenant, the size of the desired state and the secrets without a
-        value."""
+        value. The instance's ``lock``, when given, is extended after each tenant."""
         target, revision = self.target(instance), pieces.revision
         report: set[Diagnostic] = set()
         counts = dict.fromkeys([*planning.ACTIONS, "drift", "unchanged"], 0)
@@ -509,6 +514,8 @@ class Engine:
         outside = snapshot.piece(self.repo, pieces, instance, None, cache=self.cache)
         report.update(outside.report([instance]))
         for folder in [*sorted(pieces.folders), *gone]:
+            if lock is not None:
+                lock.refresh(LOCK_TTL)
             desired = Desired(revision, {}, {}, {}, ())  # a tenant gone from the commit
             if folder in pieces.folders:
                 snap = snapshot.piece(self.repo, pieces, instance, folder, cache=self.cache)
