@@ -5,6 +5,7 @@ whole apply does, refuse what a whole apply refuses, and write nothing when it f
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,10 @@ import pytest
 
 from headwater import snapshot
 from headwater.engine import Engine, PlanResult
-from headwater.errors import HeadwaterError, PlanRefused, StateError, TargetError, ValidationFailed
+from headwater.errors import HeadwaterError, PlanRefused, TargetError, ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.settings import Settings
-from headwater.state import Lock
+from headwater.state import Lock, LockLost
 from headwater.targets.local import LocalTarget, Stage
 from tests.gitutil import commit, git, sample_repo
 from tests.test_partial import ERRORS, WARNINGS
@@ -177,15 +178,15 @@ def test_a_write_that_fails_part_way_leaves_target_and_store_as_they_were(
     before = engine.target("dev").current_revision()
     recorded = engine.store.inventory("dev")
     commit(repo_dir, "two tenants change", CHANGES[0])
-    real_add, added = Stage.add, []
+    real_build, added = Stage.build, []
 
-    def add_then_fail(stage: Stage, *args: Any) -> None:
+    def build_then_fail(stage: Stage, *args: Any) -> None:  # the disk fills up at the second tenant
         added.append(stage)
         if len(added) == 2:
             raise OSError(28, "No space left on device")
-        real_add(stage, *args)
+        real_build(stage, *args)
 
-    monkeypatch.setattr(Stage, "add", add_then_fail)
+    monkeypatch.setattr(Stage, "build", build_then_fail)
     with pytest.raises(TargetError, match="No space left"):
         full_apply(engine, "dev", by_tenant=True)
     monkeypatch.undo()
@@ -226,9 +227,15 @@ def test_the_whole_instance_is_never_read_at_once(
     def whole_load(*args: Any, **kw: Any) -> Any:
         raise AssertionError("the commit was loaded whole")
 
+    real_manifest = LocalTarget.manifest
+
+    def manifest(target: LocalTarget, revision: str | None = None, *, tenant: str | None = None) -> Any:
+        assert tenant is not None, "the whole manifest was read"
+        return real_manifest(target, revision, tenant=tenant)
+
     monkeypatch.setattr(LocalTarget, "inventory", inventory)
     monkeypatch.setattr(snapshot, "load", whole_load)
-    monkeypatch.setattr(LocalTarget, "manifest", whole_load)
+    monkeypatch.setattr(LocalTarget, "manifest", manifest)
     full_apply(engine, "dev", by_tenant=True)
     engine.drift("dev")
     assert reads and None not in reads
@@ -289,7 +296,75 @@ def test_the_lock_is_extended_tenant_by_tenant_and_a_lost_lock_writes_nothing(
         engine.store._db.execute("UPDATE locks SET token = 'another process' WHERE instance = 'dev'")
 
     monkeypatch.setattr(Stage, "add", taken_over)
-    with pytest.raises(StateError, match="lock on instance dev was lost"):
+    with pytest.raises(LockLost, match="lock on instance dev was lost"):
         full_apply(engine, "dev", by_tenant=True)
     assert engine.target("dev").current_revision() == before
-    assert engine.store.get("dev").applied_revision == before
+    # nothing recorded over what the process holding the lock now does: the pending apply is
+    # left for it to reconcile (the target never saw this one: it is dropped)
+    state = engine.store.get("dev")
+    assert (state.applied_revision, state.outcome, state.pending_revision) == (before, "pending", engine.repo.resolve("HEAD"))
+    assert engine.reconcile("dev") == "dropped"
+
+
+def test_a_tenant_put_back_by_hand_is_written_into_the_revision(
+    engines: tuple[Engine, Engine], repo_dir: Path
+) -> None:
+    """Folders copied into the instance by hand can read back as exactly what a commit wants;
+    the revision does not list them, so the tenant is written again, as a whole apply does."""
+    both(engines, "dev")
+    commit(repo_dir, "globex goes", {"tenants/globex": None})
+    both(engines, "dev")
+    for engine in engines:
+        current = (engine.settings.instance_path("dev") / "current").resolve()
+        current.chmod(0o755)
+        subprocess.run(["cp", "-rL", str(current.parent.parent / "previous" / "globex"), str(current)], check=True)
+        assert engine.target("dev").tenants() == {"acme", "globex"}
+    git(repo_dir, "checkout", "-q", "HEAD~1", "--", "tenants/globex")
+    commit(repo_dir, "globex is back")
+    whole, by_tenant = both(engines, "dev")
+    assert by_tenant.plan.summary() == whole.plan.summary() and whole.plan.is_empty
+    assert_same_outcome(engines, "dev")
+    assert {k.tenant for k in engines[1].target("dev").manifest()} == {"acme", "globex"}
+    assert engines[1].drift("dev") == []
+
+
+def test_a_file_added_by_hand_goes_as_with_a_whole_apply(engines: tuple[Engine, Engine], repo_dir: Path) -> None:
+    both(engines, "dev")
+    for engine in engines:
+        flows = (engine.settings.instance_path("dev") / "current/globex/ops/flows").resolve()
+        flows.chmod(0o755)
+        (flows / "handmade.yaml").write_text("id: handmade\nnamespace: ops\ntasks: []\n")
+    commit(repo_dir, "acme only", {"tenants/acme/company/flows/new.yaml": FLOW.format(id="new", ns="company", msg="x")})
+    whole, by_tenant = both(engines, "dev")
+    assert [str(k) for k in whole.plan.unmanaged] == ["globex/ops/flow/handmade"]
+    assert by_tenant.plan.summary() == whole.plan.summary()
+    assert_same_outcome(engines, "dev")
+    for engine in engines:
+        assert not any(k.name == "handmade" for k in engine.target("dev").inventory("globex"))
+
+
+@pytest.mark.parametrize("by_tenant", [False, True])
+def test_a_failed_write_of_the_revision_already_there_is_recorded_as_failed(
+    engines: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch, by_tenant: bool
+) -> None:
+    """Restoring drift re-applies the revision the target is at: when that write fails, the
+    target still shows that revision, yet nothing of the apply took effect."""
+    engine = engines[1]
+    full_apply(engine, "dev", by_tenant=by_tenant)
+    applied = engine.store.history("dev")
+    path = next((engine.settings.instance_path("dev") / "current/globex/ops/flows").iterdir())
+    os.chmod(path, 0o644)
+    path.write_text("changed by hand\n")
+
+    def fail(*args: Any) -> None:
+        raise RuntimeError("git cat-file died")
+
+    monkeypatch.setattr(Stage, "add", fail)
+    monkeypatch.setattr(LocalTarget, "apply", fail)
+    with pytest.raises(RuntimeError, match="git cat-file died"):
+        full_apply(engine, "dev", by_tenant=by_tenant)
+    state = engine.store.get("dev")
+    assert (state.outcome, state.pending_revision) == ("failed", None)
+    assert state.errors[0]["code"] == "apply.failed" and "git cat-file died" in state.errors[0]["message"]
+    assert engine.store.history("dev") == applied  # no apply recorded
+    assert len(engine.drift("dev")) == 1

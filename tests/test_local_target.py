@@ -1320,6 +1320,11 @@ def test_a_staged_revision_that_fails_leaves_the_instance_as_it_was(
         stage.add(wide(1), {})  # globex is kept as it is: not the stage's to change
     with pytest.raises(BaseMoved), target.staged("r2", "r0", ["acme"]):
         pass
+    # the caller's own error (e.g. its git process) is its own, not a failed write of the target
+    with pytest.raises(OSError, match="git died") as raised, target.staged("r2", "r1", ["acme"]) as stage:
+        stage.add(of_tenant(wide(1), "acme"), {})
+        raise OSError(5, "git died")
+    assert not isinstance(raised.value, TargetError)
     assert target.current_revision() == "r1" and target.revisions() == ["r1"]
     assert debris(root) == []
 

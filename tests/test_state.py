@@ -444,6 +444,11 @@ def test_a_staged_apply_replaces_the_staged_tenants_only(store: StateStore, cloc
     assert store.inventory("prod") == {}  # its staged tenant, emptied
 
 
+def test_only_a_tenants_own_rows_are_staged_for_it(store: StateStore) -> None:
+    with pytest.raises(ValueError, match="another tenant's"):
+        store.stage("dev", "globex", {G: "sha256:g", A: "sha256:a"})
+
+
 def test_an_unstaged_apply_records_nothing_of_what_was_staged(store: StateStore) -> None:
     apply(store, "r1", {A: "sha256:a", G: "sha256:g"})
     store.stage("dev", "acme", {})

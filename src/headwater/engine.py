@@ -38,7 +38,7 @@ from headwater.secrets import (
     lookup_scope,
 )
 from headwater.settings import Settings
-from headwater.state import Lock, StateStore
+from headwater.state import Lock, LockLost, StateStore
 from headwater.targets.local import LocalTarget, Stage
 
 SecretValues = dict[tuple[str, str], dict[str, str]]
@@ -534,9 +534,17 @@ class Engine:
             )
             for name, count in result.summary().items():
                 counts[name] += count
-            if result.changes:
-                changing[folder] = {(c.key.tenant, c.key.namespace) for c in result.changes}
             inventory = {k: res.hash for k, res in desired.state.items()}
+            # The tenant is written again unless the current revision holds exactly what it
+            # wants: what was read back can also come from folders made by hand, which the
+            # revision does not list (resources never managed, and namespaces that match).
+            recorded = target.manifest(tenant=folder) if base is not None else {}
+            rebuilt = {(c.key.tenant, c.key.namespace) for c in result.changes}
+            rebuilt |= {(k.tenant, k.namespace) for k in result.unmanaged}
+            rebuilt |= {(k.tenant, k.namespace) for k in recorded.keys() ^ inventory.keys()}
+            rebuilt |= {(k.tenant, k.namespace) for k, h in inventory.items() if recorded.get(k, h) != h}
+            if rebuilt:
+                changing[folder] = rebuilt
             if inventory != managed:
                 self.store.stage(instance, folder, inventory)
             size += len(inventory)
@@ -767,11 +775,14 @@ class Engine:
         """Run the target's write of ``revision``; a failure is recorded, unless the write
         took effect before it was interrupted (then the store is brought in line)."""
         target = self.target(instance)
+        before = target.current_path()
         try:
             write()
         except BaseException as exc:
             self.forget(instance)
-            if target.current_revision() == revision:
+            if isinstance(exc, LockLost):
+                raise  # another process holds the instance now: its record is not ours to touch
+            if target.current_revision() == revision and target.current_path() != before:
                 # Interrupted after the atomic swap: the apply took effect; record it as such.
                 self.reconcile(instance)
                 raise

@@ -165,6 +165,10 @@ class LockHolder:
         return f"{self.owner} (pid {self.pid} on {self.host}, until {self.expires_at:%H:%M:%S}Z)"
 
 
+class LockLost(StateError):
+    """A held lock expired and another process took it over."""
+
+
 @dataclass
 class Lock:
     """A held instance lock; ``refresh`` extends it during a long apply."""
@@ -182,7 +186,7 @@ class Lock:
                 (self.store._clock() + ttl, self.instance, self.token),
             )
             if cur.rowcount != 1:
-                raise StateError(
+                raise LockLost(
                     f"the lock on instance {self.instance} was lost",
                     hint="it expired and another process took it; use a longer ttl",
                 )
@@ -461,6 +465,9 @@ class StateStore:
         """Stage ``inventory`` as the whole recorded inventory of ``tenant`` on ``instance``,
         for ``finish_apply_staged``; staged again, it replaces what was staged for the tenant.
         Staged rows live in this connection only: a crash drops them with the apply."""
+        strays = [k for k in inventory if k.tenant != tenant]
+        if strays:
+            raise ValueError(f"staging tenant {tenant!r} of {instance}: {strays[0]} is another tenant's")
         with self._tx() as db:
             self._staging(db)
             db.execute("DELETE FROM temp.staged WHERE instance = ? AND tenant = ?", (instance, tenant))

@@ -291,15 +291,18 @@ class LocalTarget:
                 seen.append(rev)
         return seen
 
-    def manifest(self, revision: str | None = None) -> dict[ResourceKey, str]:
-        """What a materialised revision (default: the current one) was applied with: key ->
-        hash. The state store completes an interrupted apply from this."""
+    def manifest(self, revision: str | None = None, *, tenant: str | None = None) -> dict[ResourceKey, str]:
+        """What a materialised revision (default: the current one) was applied with (only
+        ``tenant``'s part): key -> hash. The state store completes an interrupted apply from
+        this."""
         d = self._current_dir() if revision is None else self._newest_dir(revision)
         if d is None:
             return {}
         try:
             result: dict[ResourceKey, str] = {}
-            for sid, _ in self._revision(d).spaces.values():
+            for (owner, _), (sid, _) in self._revision(d).spaces.items():
+                if tenant is not None and owner != tenant:
+                    continue
                 space = self._space(sid)
                 for row in space.rows:
                     result[space.key(row)] = row.hash
@@ -410,11 +413,18 @@ class LocalTarget:
         revision is published when the block ends, and nothing of it when the block fails.
         BaseMoved, with the instance unchanged, when ``base`` is not current."""
         check_revision(revision)
-        with self._locked(revision):
-            kept, indexes = ({}, {}) if base is None else self._kept(base, (), tenants)
-            with self._staging(revision, kept, indexes) as stage:
-                stage.tenants = frozenset(tenants)
-                yield stage
+        try:
+            with self._locked(revision):
+                kept, indexes = ({}, {}) if base is None else self._kept(base, (), tenants)
+                with self._staging(revision, kept, indexes) as stage:
+                    stage.tenants = frozenset(tenants)
+                    try:
+                        yield stage
+                    except Exception as exc:  # the caller's own: not the target's to explain
+                        raise _Carried() from exc
+        except _Carried as carried:
+            assert carried.__cause__ is not None
+            raise carried.__cause__ from None
 
     def _write(
         self,
@@ -1223,6 +1233,10 @@ class LocalTarget:
 _M = TypeVar("_M")
 
 
+class _Carried(Exception):
+    """Carries an error of the caller's block out of ``LocalTarget.staged`` unconverted."""
+
+
 class Stage:
     """A revision being written (``LocalTarget.staged``): the spaces it has so far."""
 
@@ -1241,9 +1255,15 @@ class Stage:
         strays = sorted({t for t, _ in wanted} - self.tenants)
         if strays:
             raise TargetError(f"desired state lists tenant {strays[0]!r}, which this revision does not rebuild")
-        spaces, builds, contents = self._target._plan(wanted, secrets, {})  # reads only
-        self.spaces.update(spaces)
-        self.build(builds, contents)
+        try:
+            spaces, builds, contents = self._target._plan(wanted, secrets, {})  # reads only
+            self.spaces.update(spaces)
+            self.build(builds, contents)
+        except OSError as e:
+            raise TargetError(
+                f"cannot write {self._target.root}: {e.strerror or e}",
+                hint="the instance is unchanged; check free space and permissions",
+            ) from e
 
     def build(self, builds: list[Build], contents: dict[str, bytes]) -> None:
         """Write the spaces of ``builds`` and their objects (``contents``)."""
