@@ -485,3 +485,26 @@ def test_a_state_dir_that_is_a_file(hw: Headwater, tmp_path: Path) -> None:
     ):
         assert result.code == 1
         assert str(hw.state) in one_clear_line(result.err)
+
+
+def test_a_quiet_confirmed_apply_goes_tenant_by_tenant_and_ends_as_a_loud_one(
+    sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from headwater.engine import Engine
+
+    paths: list[bool] = []
+    real = Engine._apply_by_tenant
+
+    def counted(self: Engine, *args: Any) -> Any:
+        paths.append(True)
+        return real(self, *args)
+
+    monkeypatch.setattr(Engine, "_apply_by_tenant", counted)
+    loud, quiet = Headwater(sample, tmp_path / "loud", capsys), Headwater(sample, tmp_path / "quiet", capsys)
+    shown = loud.apply("dev")
+    assert shown.code == 0 and "to create" in shown.out and paths == []
+    silent = quiet.run("-q", "apply", "-C", str(sample), "--state-dir", str(quiet.state), "--instance", "dev", "--yes")
+    assert silent.code == 0 and paths == [True]
+    assert silent.out.strip() == "Applied " + shown.out.strip().rsplit("Applied ", 1)[1]
+    targets = [LocalTarget(hw.instance_dir("dev"), keep=5) for hw in (loud, quiet)]
+    assert targets[0].manifest() == targets[1].manifest() != {}

@@ -160,8 +160,11 @@ def apply(
         target_rev = rev or default_rev(engine.repo, instance)
         if saved is not None:
             _refuse_if_branch_moved(engine.repo, instance, saved.revision)
+        # Quiet and confirmed, nobody reads the plan: the apply goes tenant by tenant and
+        # holds one tenant at a time, as the daemon's does.
         applied = engine.apply(
             instance, target_rev, allow_mass_delete=allow_mass_delete, saved=saved, confirm=confirm,
+            by_tenant=quiet and yes,
         )
     warn_missing_secrets(applied)
     result = applied.plan
