@@ -368,3 +368,30 @@ def test_a_failed_write_of_the_revision_already_there_is_recorded_as_failed(
     assert state.errors[0]["code"] == "apply.failed" and "git cat-file died" in state.errors[0]["message"]
     assert engine.store.history("dev") == applied  # no apply recorded
     assert len(engine.drift("dev")) == 1
+
+
+def test_a_commit_without_tenants_empties_the_instance_alike_when_allowed(
+    engines: tuple[Engine, Engine], repo_dir: Path
+) -> None:
+    both(engines, "dev")
+    commit(repo_dir, "no tenants at all", {"tenants": None})
+    for engine, by_tenant in zip(engines, (False, True), strict=True):
+        with pytest.raises(PlanRefused, match="deletes all"):
+            full_apply(engine, "dev", by_tenant=by_tenant)
+    assert_same_outcome(engines, "dev")
+    whole, by_tenant = both(engines, "dev", allow_mass_delete=True)
+    assert by_tenant.plan.summary() == whole.plan.summary() and whole.plan.summary()["delete"] > 0
+    assert_same_outcome(engines, "dev")
+    assert engines[1].target("dev").tenants() == set() and engines[1].store.inventory("dev") == {}
+
+
+def test_a_broken_headwater_yaml_is_refused_alike(engines: tuple[Engine, Engine], repo_dir: Path) -> None:
+    both(engines, "dev")
+    commit(repo_dir, "broken", {"headwater.yaml": "version: 1\ninstances: [\n"})
+    messages = []
+    for engine, by_tenant in zip(engines, (False, True), strict=True):
+        with pytest.raises(HeadwaterError) as info:
+            full_apply(engine, "dev", by_tenant=by_tenant)
+        messages.append(info.value.message)
+    assert messages[0] == messages[1]
+    assert_same_outcome(engines, "dev")
