@@ -86,6 +86,11 @@ def assert_same_outcome(engines: tuple[Engine, Engine], instance: str) -> None:
         pa = snapshot.load_partial(whole.repo, sa.applied_revision, instance, cache=whole.cache)
         pb = snapshot.load_partial(by_tenant.repo, sa.applied_revision, instance, cache=by_tenant.cache)
         assert pa is not None and pb is not None and pa.partial == pb.partial
+        # and the commit's reference checks, which a tenant loaded later takes from the cache
+        key = snapshot._checks_key(pa, pa.view(instance))
+        checks = [e.cache.get_many([key]).get(key) for e in engines]
+        assert checks[0] == checks[1]
+        assert (checks[1] is not None) == bool(a.manifest())  # recorded when there is a namespace
 
 
 @pytest.mark.parametrize("instance", INSTANCES)

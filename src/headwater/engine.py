@@ -513,6 +513,8 @@ class Engine:
         size, missing = 0, list[ResourceKey]()
         outside = snapshot.piece(self.repo, pieces, instance, None, cache=self.cache)
         report.update(outside.report([instance]))
+        checks: dict[NsKey, list[Diagnostic]] = {}
+        checked = 0  # namespaces the instance sees
         for folder in [*sorted(pieces.folders), *gone]:
             if lock is not None:
                 lock.refresh(LOCK_TTL)
@@ -521,6 +523,8 @@ class Engine:
                 snap = snapshot.piece(self.repo, pieces, instance, folder, cache=self.cache)
                 report.update(snap.report([instance]))
                 names += snap.layout.tenants
+                checks.update(snapshot.checks_of(snap.view(instance)))
+                checked += len(snap.view(instance).namespaces)
                 if not plan or any(d.severity == "error" for d in report):
                     continue  # only the report matters (the commit is refused)
                 desired = self.desired(snap, instance, content=False)
@@ -549,6 +553,10 @@ class Engine:
                 self.store.stage(instance, folder, inventory)
             size += len(inventory)
             missing += desired.missing_secrets
+        # The commit's reference checks, as a whole load records them: a tenant loaded later
+        # (``snapshot.update``) takes its checks from there instead of running them.
+        if checked:
+            snapshot.remember_checks(outside, outside.view(instance), checked, checks)
         return outside, snapshot.ordered(report), counts, changing, names, size, missing
 
     def _write_tenant(

@@ -619,12 +619,24 @@ def _checks_key(snap: Snapshot, view: InstanceView) -> str:
 def _remember_checks(snap: Snapshot, view: InstanceView) -> None:
     """Cache the reference checks of ``view`` for its commit (see ``_check_all``): those of
     whole views only."""
-    if snap.cache is not None and snap.partial is None:
-        found = {
-            (k[1], k[2]): diags for k, diags in view.parts.items()
-            if isinstance(k, tuple) and k[0] == "check" and diags
-        }
-        snap.cache.put_many({_checks_key(snap, view): (len(view.namespaces), found)})
+    if snap.partial is None:
+        remember_checks(snap, view, len(view.namespaces), checks_of(view))
+
+
+def checks_of(view: InstanceView) -> dict[NsKey, list[Diagnostic]]:
+    """The reference checks of ``view`` with a problem, by namespace."""
+    return {
+        (k[1], k[2]): diags for k, diags in view.parts.items()
+        if isinstance(k, tuple) and k[0] == "check" and diags
+    }
+
+
+def remember_checks(snap: Snapshot, view: InstanceView, count: int, found: dict[NsKey, list[Diagnostic]]) -> None:
+    """Cache the reference checks of the whole commit of ``snap`` for the instance of
+    ``view`` (``count`` namespaces, the problems ``found``), made whole or gathered piece by
+    piece (``piece``), for ``_check_all`` to reuse when a tenant of it is loaded."""
+    if snap.cache is not None:
+        snap.cache.put_many({_checks_key(snap, view): (count, found)})
 
 
 def _depth_order(name: str) -> tuple[int, str]:
