@@ -106,6 +106,20 @@ def _fresh_resident(snap: snapshot.Snapshot, calls: dict[ResourceKey, set[Resour
 
 
 @dataclass(frozen=True)
+class _Counted:
+    """What the first pass of a full apply made tenant by tenant found (``_count_by_tenant``)."""
+
+    outside: snapshot.Snapshot  # the commit's root files
+    report: list[Diagnostic]  # the whole commit's, for the instance
+    tenants: list[str]  # the commit's tenant folders
+    # While the report has no error:
+    counts: dict[str, int]  # the plan's summary
+    changing: dict[str, set[NsKey]]  # tenant → the namespaces to write (the others are shared)
+    size: int  # resources in the desired state
+    missing: list[ResourceKey]  # secrets declared without a value
+
+
+@dataclass(frozen=True)
 class PlanResult:
     plan: planning.Plan
     desired: Desired
@@ -464,21 +478,22 @@ class Engine:
             self.store.unstage(instance)
             try:
                 first = self._count_by_tenant(instance, pieces, base, sorted(gone), lock=lock)
-                outside, report, counts, changing, names, size, missing = first
-                errors = [d for d in report if d.severity == "error"]
+                errors = [d for d in first.report if d.severity == "error"]
                 if errors:
                     self.store.record_failure(instance, revision, [d.to_json() for d in errors])
                     raise ValidationFailed(errors, revision)
+                counts = first.counts
                 result = planning.Plan(instance, revision, base, (), (), (), "", counts["unchanged"], counts)
                 self._guard(instance, result, managed_size, spec.max_delete_percent, allow_mass_delete, confirm)
-                found = snapshot.summary_of(names, report)
-                kept = snapshot.unloaded(outside, instance, found)
-                desired = Desired(revision, {}, {}, {}, tuple(missing))
+                found = snapshot.summary_of(first.tenants, first.report)
+                kept = snapshot.unloaded(first.outside, instance, found)
+                desired = Desired(revision, {}, {}, {}, tuple(first.missing))
                 if result.is_empty and base == revision and self.store.get(instance).applied_revision == revision:
-                    self._keep_whole(instance, kept, size, summary=found)
+                    self._keep_whole(instance, kept, first.size, summary=found)
                     return PlanResult(result, desired, kept)  # already there
                 summary = {**result.summary(), "action": "apply"}
                 self.store.begin_apply(instance, revision, action="apply", trigger=trigger, summary=summary)
+                changing = first.changing
 
                 def write() -> None:
                     with target.staged(revision, base, changing) as stage:
@@ -491,20 +506,16 @@ class Engine:
             finally:
                 with contextlib.suppress(StateError):
                     self.store.unstage(instance)
-        self._keep_whole(instance, kept, size, summary=found)
+        self._keep_whole(instance, kept, first.size, summary=found)
         return PlanResult(result, desired, kept)
 
     def _count_by_tenant(
         self, instance: str, pieces: snapshot.Pieces, base: str | None, gone: list[str], *, plan: bool = True,
         lock: Lock | None = None,
-    ) -> tuple[
-        snapshot.Snapshot, list[Diagnostic], dict[str, int], dict[str, set[NsKey]], list[str], int,
-        list[ResourceKey],
-    ]:
-        """The first pass of ``_apply_by_tenant``: the commit's report and its tenants, and,
-        with ``plan`` and while the report has no error, the plan's counts, the namespaces
-        that change by tenant, the size of the desired state and the secrets without a
-        value. The instance's ``lock``, when given, is extended after each tenant."""
+    ) -> _Counted:
+        """The first pass of ``_apply_by_tenant`` (see ``_Counted``); without ``plan``, the
+        report and tenants only. The instance's ``lock``, when given, is extended after each
+        tenant."""
         target, revision = self.target(instance), pieces.revision
         report: set[Diagnostic] = set()
         counts = dict.fromkeys([*planning.ACTIONS, "drift", "unchanged"], 0)
@@ -557,7 +568,7 @@ class Engine:
         # (``snapshot.update``) takes its checks from there instead of running them.
         if checked:
             snapshot.remember_checks(outside, outside.view(instance), checked, checks)
-        return outside, snapshot.ordered(report), counts, changing, names, size, missing
+        return _Counted(outside, snapshot.ordered(report), names, counts, changing, size, missing)
 
     def _write_tenant(
         self, instance: str, pieces: snapshot.Pieces, tenant: str, touched: set[NsKey], stage: Stage
@@ -730,11 +741,9 @@ class Engine:
         if snap is None:
             pieces = snapshot.split(self.repo, revision)
             if instance in pieces.instances:
-                outside, whole, *_, names, _size, _missing = self._count_by_tenant(
-                    instance, pieces, None, [], plan=False
-                )
-                found = snapshot.summary_of(names, whole)
-                snap = snapshot.unloaded(outside, instance, found)
+                first = self._count_by_tenant(instance, pieces, None, [], plan=False)
+                found = snapshot.summary_of(first.tenants, first.report)
+                snap = snapshot.unloaded(first.outside, instance, found)
         report = self.check(snap, instance) if snap is not None and instance in snap.instances else None
         if snap is None or report is None or any(d.severity == "error" for d in report):
             # e.g. rules that changed since it was applied: the full path decides; not loaded
