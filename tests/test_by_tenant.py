@@ -400,3 +400,53 @@ def test_a_broken_headwater_yaml_is_refused_alike(engines: tuple[Engine, Engine]
         messages.append(info.value.message)
     assert messages[0] == messages[1]
     assert_same_outcome(engines, "dev")
+
+
+def hand_edit(engine: Engine, kind: str) -> None:
+    """Change the applied instance by hand in a way that adds no resource."""
+    current = engine.target("dev").current_path()
+    assert current is not None
+    if kind == "index":
+        index = (current / "acme").resolve()
+        os.symlink("/etc", index / "elsewhere")
+        (index / "empty").mkdir()
+    else:
+        flows = (current / "acme" / "company" / "flows").resolve()
+        flows.chmod(0o755)
+        (flows / "NOTES.txt").write_text("by hand\n")
+
+
+@pytest.mark.parametrize("kind", ["index", "space"])
+def test_hand_made_entries_that_are_no_resource_go_as_with_a_whole_apply(
+    engines: tuple[Engine, Engine], repo_dir: Path, kind: str
+) -> None:
+    """A link or an empty folder among a tenant's namespaces, a stray file in a namespace:
+    none reads back as a resource, yet a full sync must not carry them into the new revision
+    (which a rollback to it would then refuse as modified on disk)."""
+    both(engines, "dev")
+    for engine in engines:
+        hand_edit(engine, kind)
+    commit(repo_dir, "globex only", {"tenants/globex/ops/flows/x.yaml": FLOW.format(id="x", ns="ops", msg="x")})
+    both(engines, "dev")
+    assert_same_outcome(engines, "dev")
+    for engine in engines:
+        target = engine.target("dev")
+        assert target._modified_namespace(target._current_dir() or "") is None
+        current = target.current_path()
+        assert current is not None and not os.path.lexists(current / "acme" / "elsewhere")
+        assert not (current / "acme" / "company" / "flows" / "NOTES.txt").exists()
+
+
+def test_a_tenant_the_revision_lists_goes_even_when_its_link_and_rows_were_lost(
+    engines: tuple[Engine, Engine], repo_dir: Path
+) -> None:
+    both(engines, "dev")
+    for engine in engines:
+        current = engine.target("dev").current_path()
+        assert current is not None
+        os.unlink(current / "globex")  # the tenant's link removed by hand
+        engine.store._db.execute("DELETE FROM inventory WHERE tenant = 'globex'")  # its rows lost
+    commit(repo_dir, "globex goes", {"tenants/globex": None})
+    both(engines, "dev", allow_mass_delete=True)
+    assert_same_outcome(engines, "dev")
+    assert engines[1].target("dev").tenants() == {"acme"}

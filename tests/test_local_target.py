@@ -1340,3 +1340,25 @@ def test_reading_a_large_instance_back_keeps_a_bounded_number_of_space_manifests
     target.apply("r2", wide(1), {})  # what was dropped from memory is read again when needed
     assert hashes(target.inventory()) == hashes(wide(1))
     assert target.manifest() == hashes(wide(1))
+
+
+def test_a_revision_complete_but_never_published_is_not_left_as_one(
+    root: Path, target: LocalTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure after the revision folder is in place but before ``current`` points at it
+    (e.g. no space left for the new link) leaves no folder that passes for that revision."""
+    target.apply("r1", sample(0), SECRETS)
+
+    def no_space(*args: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LocalTarget, "_publish", no_space)
+    for attempt in (lambda: target.apply("r1", sample(1), SECRETS), lambda: target.apply("r2", sample(1), SECRETS)):
+        with pytest.raises(TargetError, match="No space left"):
+            attempt()
+        assert target.revisions() == ["r1"] and target.current_revision() == "r1"
+        assert target.manifest("r1") == hashes(sample(0))
+        assert debris(root) == []
+    monkeypatch.undo()
+    target.apply("r1", sample(1), SECRETS)
+    assert target.manifest() == hashes(sample(1))

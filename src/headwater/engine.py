@@ -558,6 +558,7 @@ class Engine:
             rebuilt |= {(k.tenant, k.namespace) for k in result.unmanaged}
             rebuilt |= {(k.tenant, k.namespace) for k in recorded.keys() ^ inventory.keys()}
             rebuilt |= {(k.tenant, k.namespace) for k, h in inventory.items() if recorded.get(k, h) != h}
+            rebuilt |= target.unclean(folder)  # e.g. a link or a stray file made by hand
             if rebuilt:
                 changing[folder] = rebuilt
             if inventory != managed:
@@ -814,7 +815,8 @@ class Engine:
         target = self.target(instance)
         current = target.current_revision()
         # The manifest is read only to complete an interrupted apply: it lists every resource.
-        manifest = (lambda: target.manifest(current)) if current is not None else None
+        # (That of the folder ``current`` points at: an older one may have the same revision.)
+        manifest = target.manifest if current is not None else None
         return self.store.reconcile(instance, current, manifest)
 
     def reconcile_if_idle(self, instance: str) -> str | None:

@@ -319,16 +319,39 @@ class LocalTarget:
         )
 
     def tenants(self) -> set[str]:
-        """The tenant folders of the current revision."""
+        """The tenants of the current revision: the folders it holds and those it lists."""
         d = self._current_dir()
         if d is None:
             return set()
         try:
-            return {e.name for e in os.scandir(self.revisions_dir / d) if not e.name.startswith(".")}
+            folders = {e.name for e in os.scandir(self.revisions_dir / d) if not e.name.startswith(".")}
+            return folders | self._revision(d).by_tenant().keys()
         except FileNotFoundError:
             return self.tenants() if self._current_dir() != d else set()
         except OSError as e:
             raise TargetError(f"cannot read instance {self.root}: {e.strerror}") from e
+
+    def unclean(self, tenant: str) -> set[tuple[str, str]]:
+        """The namespaces of ``tenant`` in the current revision that may not hold exactly what
+        was written there, hand-made entries that are no resource included: a space the last
+        ``inventory`` did not find clean, or all of them when the tenant's index (its folder
+        of links) was changed by hand."""
+        d = self._current_dir()
+        if d is None:
+            return set()
+        try:
+            recorded = self._revision(d)
+        except (OSError, TargetError):
+            return set()
+        namespaces = recorded.by_tenant().get(tenant, {})
+        everything = {(tenant, ns) for ns in namespaces}
+        where = self._tenant_folder(d, tenant, recorded)
+        try:
+            if where is None or where[1] is None or _index_problem(where[0], where[1], namespaces) is not None:
+                return everything
+        except OSError:
+            return everything
+        return {(tenant, ns) for ns, sid in namespaces.items() if sid not in self._verified}
 
     def inventory(self, tenant: str | None = None) -> State:
         """The resources the current revision holds, read back (only those of ``tenant``)."""
@@ -473,15 +496,22 @@ class LocalTarget:
         with self._writing() as mark:
             if mark.unclean:
                 self._remove_debris()
+            done: str | None = None  # the revision folder, once complete
             try:
                 # First: a crash from here on leaves debris that triggers a collection.
                 work = self.revisions_dir / f".tmp-{revision}-{_random.token_hex(8)}"
                 work.mkdir()
                 stage = Stage(self, work, dict(spaces))
                 yield stage
-                self._publish(self._fill(work, revision, stage.spaces, self._write_indexes(stage.spaces, indexes),
-                                         stage.object_dirs))
+                indexes = self._write_indexes(stage.spaces, indexes)
+                done = self._fill(work, revision, stage.spaces, indexes, stage.object_dirs)
+                self._publish(done)
             except BaseException:
+                if done is not None and self._current_dir() != done:
+                    # Complete but never published: debris, or it would pass for a revision.
+                    self._revision_cache.pop(done, None)
+                    with contextlib.suppress(OSError):
+                        os.rename(self.revisions_dir / done, self.revisions_dir / f".tmp-unpublished-{done}")
                 self._undo()
                 raise
             if mark.unclean or not self.prune_later:
