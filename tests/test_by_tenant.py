@@ -450,3 +450,22 @@ def test_a_tenant_the_revision_lists_goes_even_when_its_link_and_rows_were_lost(
     both(engines, "dev", allow_mass_delete=True)
     assert_same_outcome(engines, "dev")
     assert engines[1].target("dev").tenants() == {"acme"}
+
+
+@pytest.mark.parametrize("by_tenant", [False, True])
+def test_a_crash_while_reapplying_the_revision_there_is_not_recorded_as_applied(
+    engines: tuple[Engine, Engine], by_tenant: bool
+) -> None:
+    """The process dies after marking the re-apply (the drift restore) as pending, before
+    anything is published: the next start records it as interrupted, not as applied."""
+    engine = engines[1]
+    full_apply(engine, "dev", by_tenant=by_tenant)
+    revision, history = engine.store.get("dev").applied_revision, engine.store.history("dev")
+    assert revision is not None
+    current = engine.target("dev").current_path()
+    assert current is not None
+    engine.store.begin_apply("dev", revision, summary={"update": 1, "drift": 1}, base=current.name)
+    assert engine.reconcile("dev") == "dropped"
+    state = engine.store.get("dev")
+    assert (state.applied_revision, state.outcome, state.pending_revision) == (revision, "failed", None)
+    assert engine.store.history("dev") == history

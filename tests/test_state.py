@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from headwater import state as state_module
 from headwater.errors import StateError
 from headwater.resources import ResourceKey
 from headwater.state import SCHEMA_VERSION, InstanceState, StateStore
@@ -492,3 +493,35 @@ def test_reconcile_reads_the_targets_manifest_only_to_complete_an_apply(store: S
     assert store.inventory("dev") == {A: "sha256:a2"}
     store.begin_apply("dev", "r3")
     assert store.reconcile("dev", "r2", unread) == "dropped"
+
+
+def test_a_pending_reapply_of_the_revision_there_completes_only_if_current_moved(store: StateStore) -> None:
+    """Restoring drift re-applies the revision the target is at: after a crash, whether it
+    took effect shows in the folder ``current`` points at, not in the revision."""
+    apply(store, "r1", {A: "sha256:a"})
+    store.begin_apply("dev", "r1", summary={"update": 1}, base="r1")
+    assert store.reconcile("dev", "r1", {A: "sha256:a2"}, current="r1") == "dropped"
+    assert store.inventory("dev") == {A: "sha256:a"} and len(store.history("dev")) == 1
+    assert store.get("dev").errors[0]["code"] == "interrupted"
+    store.begin_apply("dev", "r1", summary={"update": 1}, base="r1")
+    assert store.reconcile("dev", "r1", lambda: {A: "sha256:a2"}, current="r1.1") == "completed"
+    assert store.inventory("dev") == {A: "sha256:a2"} and len(store.history("dev")) == 2
+
+
+def test_a_store_of_schema_1_is_migrated_with_its_pending_apply(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    for statement in state_module._MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute("INSERT INTO instances (name, applied_revision) VALUES ('dev', 'r1')")
+    db.execute(
+        "INSERT INTO pending (instance, revision, started_at, action, trigger, summary)"
+        " VALUES ('dev', 'r2', 0, 'apply', 't', '{}')"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    with StateStore(path) as store:
+        assert store.get("dev").pending_revision == "r2"
+        assert store.reconcile("dev", "r2", {A: "sha256:a"}, current="r2") == "completed"  # no base known
+        assert store.inventory("dev") == {A: "sha256:a"}

@@ -423,7 +423,10 @@ class Engine:
                 self._keep_whole(instance, snap, len(inventory))
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             revision = snap.revision
-            self.store.begin_apply(instance, revision, action=action, trigger=trigger, summary=summary)  # type: ignore[arg-type]
+            self.store.begin_apply(
+                instance, revision, action=action, trigger=trigger, summary=summary,  # type: ignore[arg-type]
+                base=_folder(target),
+            )
             # What is kept of the commit is made now, and the whole snapshot let go before the
             # target's write: the peak of a full apply.
             found = snapshot.summarize(snap, instance)
@@ -492,7 +495,9 @@ class Engine:
                     self._keep_whole(instance, kept, first.size, summary=found)
                     return PlanResult(result, desired, kept)  # already there
                 summary = {**result.summary(), "action": "apply"}
-                self.store.begin_apply(instance, revision, action="apply", trigger=trigger, summary=summary)
+                self.store.begin_apply(
+                    instance, revision, action="apply", trigger=trigger, summary=summary, base=_folder(target)
+                )
                 changing = first.changing
 
                 def write() -> None:
@@ -680,7 +685,9 @@ class Engine:
             spec = snap.instances[instance]
             self._guard(instance, result, resident.size, spec.max_delete_percent, allow_mass_delete, confirm)
             summary = {**result.summary(), "action": "apply"}
-            self.store.begin_apply(instance, snap.revision, action="apply", trigger=trigger, summary=summary)
+            self.store.begin_apply(
+                instance, snap.revision, action="apply", trigger=trigger, summary=summary, base=_folder(target)
+            )
             by_ns = {ns: {k: wanted[k] for k in bare.ns_keys.get(ns, ())} for ns in touched}
             self._write(instance, snap.revision, lambda: target.apply_namespaces(snap.revision, base, by_ns, bare.secrets))
             changes: dict[ResourceKey, str | None] = {k: None for k in old_keys}
@@ -817,7 +824,7 @@ class Engine:
         # The manifest is read only to complete an interrupted apply: it lists every resource.
         # (That of the folder ``current`` points at: an older one may have the same revision.)
         manifest = target.manifest if current is not None else None
-        return self.store.reconcile(instance, current, manifest)
+        return self.store.reconcile(instance, current, manifest, current=_folder(target))
 
     def reconcile_if_idle(self, instance: str) -> str | None:
         """``reconcile`` unless an apply holds the instance's lock (None then: it is under way).
@@ -842,6 +849,12 @@ class Engine:
             actual = target.inventory(tenant)
             found += [k for k, h in managed.items() if k not in actual or actual[k].hash != h]
         return sorted(found)
+
+
+def _folder(target: LocalTarget) -> str | None:
+    """The revision folder the target's ``current`` points at (its name)."""
+    path = target.current_path()
+    return None if path is None else path.name
 
 
 def _defined(instance: str, revision: str, instances: Mapping[str, snapshot.InstanceSpec]) -> None:

@@ -98,6 +98,11 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires_at REAL NOT NULL
         )""",
     ),
+    (
+        # The target folder ``current`` pointed at when the pending apply began: if it still
+        # does, the apply never took effect, even when it was of the revision already there.
+        "ALTER TABLE pending ADD COLUMN base TEXT",
+    ),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 
@@ -408,8 +413,10 @@ class StateStore:
         action: Action = "apply",
         trigger: str = "",
         summary: Mapping[str, Any] | None = None,
+        base: str | None = None,
     ) -> None:
-        """Mark an apply as under way; call before the target is touched.
+        """Mark an apply as under way; call before the target is touched. ``base``: what the
+        target's ``current`` points at now (see ``reconcile``).
 
         Refused while an earlier apply is still pending: ``reconcile`` it first.
         """
@@ -424,9 +431,9 @@ class StateStore:
                     hint="reconcile the instance with its target first",
                 )
             db.execute(
-                "INSERT INTO pending (instance, revision, started_at, action, trigger, summary)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (instance, revision, now, action, trigger, self._json(summary or {})),
+                "INSERT INTO pending (instance, revision, started_at, action, trigger, summary, base)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (instance, revision, now, action, trigger, self._json(summary or {}), base),
             )
             self._attempt(db, instance, revision, now, "pending", [])
 
@@ -553,6 +560,8 @@ class StateStore:
         instance: str,
         target_revision: str | None,
         inventory: Mapping[ResourceKey, str] | Callable[[], Mapping[ResourceKey, str]] | None = None,
+        *,
+        current: str | None = None,
     ) -> Reconciled:
         """Make the store agree with the target after a crash.
 
@@ -560,14 +569,17 @@ class StateStore:
         - ``completed``: the pending apply reached the target; recorded from ``inventory``
           (the target's manifest of that revision — required in this case; a function
           returning it is called only then, for it may be large);
-        - ``dropped``: the pending apply never reached the target; recorded as interrupted;
+        - ``dropped``: the pending apply never reached the target; recorded as interrupted
+          (also when the target is at its revision but ``current``, what the target's
+          ``current`` points at, is what it pointed at when the apply began: a re-apply of
+          the revision already there that did not take effect);
         - ``diverged``: nothing pending, yet the target is not at the applied revision
           (changed outside Headwater); nothing is changed, the caller decides.
         """
         now = self._clock()
         with self._tx() as db:
             pending = db.execute(
-                "SELECT revision, action, trigger, summary FROM pending WHERE instance = ?",
+                "SELECT revision, action, trigger, summary, base FROM pending WHERE instance = ?",
                 (instance,),
             ).fetchone()
             if pending is None:
@@ -576,8 +588,8 @@ class StateStore:
                 ).fetchone()
                 applied = None if row is None else row[0]
                 return "clean" if applied == target_revision else "diverged"
-            revision, action, trigger, summary = pending
-            if revision == target_revision:
+            revision, action, trigger, summary, base = pending
+            if revision == target_revision and (base is None or current is None or base != current):
                 if inventory is None:
                     raise StateError(
                         f"{instance}: completing the interrupted apply of {revision[:12]}"
