@@ -469,3 +469,25 @@ def test_a_crash_while_reapplying_the_revision_there_is_not_recorded_as_applied(
     state = engine.store.get("dev")
     assert (state.applied_revision, state.outcome, state.pending_revision) == (revision, "failed", None)
     assert engine.store.history("dev") == history
+
+
+def test_a_lock_lost_while_a_whole_apply_awaited_its_confirmation_writes_nothing(
+    engines: tuple[Engine, Engine], repo_dir: Path
+) -> None:
+    """A user left `headwater apply` at its prompt past the lock's expiry, and a daemon took the
+    instance over: the plan confirmed is stale, so nothing of it is written."""
+    engine = engines[0]
+    full_apply(engine, "dev", by_tenant=False)
+    before = engine.target("dev").current_revision()
+    commit(repo_dir, "a change", CHANGES[0])
+
+    def slow_confirm(plan: Any) -> bool:
+        engine.store._db.execute("UPDATE locks SET token = 'a daemon' WHERE instance = 'dev'")
+        return True
+
+    with pytest.raises(LockLost, match="lock on instance dev was lost") as info:
+        full_apply(engine, "dev", by_tenant=False, confirm=slow_confirm)
+    assert info.value.hint is not None and "plan and apply again" in info.value.hint
+    assert engine.target("dev").current_revision() == before
+    state = engine.store.get("dev")
+    assert (state.applied_revision, state.pending_revision) == (before, None)

@@ -400,7 +400,7 @@ class Engine:
         spec = snap.instances[instance]
         desired = self.desired(snap, instance, content=False)
         target = self.target(instance)
-        with self.store.lock(instance, trigger):
+        with self.store.lock(instance, trigger, ttl=LOCK_TTL) as lock:
             self.reconcile(instance)
             actual = target.inventory()
             desired = self.with_content(desired, _differing(desired.state, actual))
@@ -413,6 +413,9 @@ class Engine:
             if saved is not None:
                 _check_saved(saved, result)
             self._guard(instance, result, len(managed), spec.max_delete_percent, allow_mass_delete, confirm)
+            # The lock may have expired while the plan was computed or awaited a confirmation;
+            # if another process took it over, what was confirmed is stale: stop here.
+            lock.refresh(LOCK_TTL)
             summary = {**result.summary(), "action": action}
             inventory = {key: res.hash for key, res in desired.state.items()}
             if (

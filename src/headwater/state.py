@@ -193,7 +193,8 @@ class Lock:
             if cur.rowcount != 1:
                 raise LockLost(
                     f"the lock on instance {self.instance} was lost",
-                    hint="it expired and another process took it; use a longer ttl",
+                    hint="it expired while this apply ran (or waited for a confirmation) and another"
+                    " process took it over; nothing more was written: plan and apply again",
                 )
 
 
