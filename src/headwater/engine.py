@@ -604,15 +604,14 @@ class Engine:
         self._resident[instance] = resident
 
     def _keep_whole(
-        self, instance: str, snap: snapshot.Snapshot, size: int, report: list[Diagnostic] | None = None,
-        summary: snapshot.Summary | None = None,
+        self, instance: str, snap: snapshot.Snapshot, size: int, summary: snapshot.Summary | None = None
     ) -> None:
         """``_keep`` for a commit loaded whole (``size`` resources; ``snap`` already
         ``unloaded`` when its ``summary`` is given): only its root files and summary are kept,
         and a tenant is loaded again when a change reaches it (a daemon that applied 50,000
         flows whole would otherwise hold them: 0.9 GB)."""
         if summary is None:
-            summary = snapshot.summarize(snap, instance, report)
+            summary = snapshot.summarize(snap, instance)
             snap = snapshot.unloaded(snap, instance, summary)
         self._remember(instance, snap, summary)
         self._resident[instance] = _fresh_resident(snap, {}, size)
@@ -763,9 +762,11 @@ class Engine:
             return False
         # No tenant is kept loaded: each is, with its call graph, when a change first reaches
         # it; the desired state and inventory of a namespace likewise.
+        size = self.store.inventory_size(instance)
         if found is not None:
-            self._remember(instance, snap, found)
-        self._resident[instance] = _fresh_resident(snap, {}, self.store.inventory_size(instance))
+            self._keep_whole(instance, snap, size, summary=found)  # and its summary recorded
+        else:
+            self._resident[instance] = _fresh_resident(snap, {}, size)
         return True
 
     def primed(self, instance: str) -> bool:

@@ -439,8 +439,7 @@ class LocalTarget:
         try:
             with self._locked(revision):
                 kept, indexes = ({}, {}) if base is None else self._kept(base, (), tenants)
-                with self._staging(revision, kept, indexes) as stage:
-                    stage.tenants = frozenset(tenants)
+                with self._staging(revision, kept, indexes, tenants) as stage:
                     try:
                         yield stage
                     except Exception as exc:  # the caller's own: not the target's to explain
@@ -488,11 +487,15 @@ class LocalTarget:
 
     @contextlib.contextmanager
     def _staging(
-        self, revision: str, spaces: dict[tuple[str, str], tuple[str, str]], indexes: dict[str, str]
+        self,
+        revision: str,
+        spaces: dict[tuple[str, str], tuple[str, str]],
+        indexes: dict[str, str],
+        tenants: Collection[str] = (),
     ) -> Iterator[Stage]:
         """A revision of ``spaces`` (existing), ``indexes`` (existing, of tenants none of whose
-        namespaces changes) and what the block builds, published when it ends; a failure
-        leaves the instance as it was (see ``_undo``)."""
+        namespaces changes) and what the block builds (of ``tenants``, through ``Stage.add``),
+        published when it ends; a failure leaves the instance as it was (see ``_undo``)."""
         with self._writing() as mark:
             if mark.unclean:
                 self._remove_debris()
@@ -501,7 +504,7 @@ class LocalTarget:
                 # First: a crash from here on leaves debris that triggers a collection.
                 work = self.revisions_dir / f".tmp-{revision}-{_random.token_hex(8)}"
                 work.mkdir()
-                stage = Stage(self, work, dict(spaces))
+                stage = Stage(self, dict(spaces), frozenset(tenants))
                 yield stage
                 indexes = self._write_indexes(stage.spaces, indexes)
                 done = self._fill(work, revision, stage.spaces, indexes, stage.object_dirs)
@@ -509,7 +512,7 @@ class LocalTarget:
             except BaseException:
                 if done is not None and self._current_dir() != done:
                     # Complete but never published: debris, or it would pass for a revision.
-                    self._revision_cache.pop(done, None)
+                    self._revision_cache.discard(done)
                     with contextlib.suppress(OSError):
                         os.rename(self.revisions_dir / done, self.revisions_dir / f".tmp-unpublished-{done}")
                 self._undo()
@@ -997,7 +1000,7 @@ class LocalTarget:
                 unused.add(self._refs_of(d))
                 trash.append(self.revisions_dir / f".tmp-prune-{_random.token_hex(8)}")
                 os.rename(self.revisions_dir / d, trash[-1])
-                self._revision_cache.pop(d, None)
+                self._revision_cache.discard(d)
             if doomed or everything:
                 self._collect_garbage(None if everything else unused)
             for folder in trash:
@@ -1069,7 +1072,7 @@ class LocalTarget:
                     objects.update(rec.hash for rec in space.files.values() if rec.hash is not None)
                 except (OSError, TargetError):
                     objects = None  # which objects it linked to is unknown: look at them all
-            self._space_cache.pop(sid, None)
+            self._space_cache.discard(sid)
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(moved / "tree")
         if objects is None:
@@ -1270,12 +1273,13 @@ class _Carried(Exception):
 class Stage:
     """A revision being written (``LocalTarget.staged``): the spaces it has so far."""
 
-    def __init__(self, target: LocalTarget, work: Path, spaces: dict[tuple[str, str], tuple[str, str]]) -> None:
+    def __init__(
+        self, target: LocalTarget, spaces: dict[tuple[str, str], tuple[str, str]], tenants: frozenset[str]
+    ) -> None:
         self._target = target
-        self._work = work  # the revision folder, filled when the stage is published
         self.spaces = spaces
+        self.tenants = tenants  # those ``add`` may write
         self.object_dirs: set[Path] = set()
-        self.tenants: frozenset[str] = frozenset()
 
     def add(self, desired: Mapping[ResourceKey, Resource], secrets: SecretValues) -> None:
         """Add the namespaces of ``desired`` (of the tenants being rebuilt), each with all
@@ -1343,14 +1347,14 @@ class _Manifests(Generic[_M]):
         return item[0], item[1]
 
     def __setitem__(self, name: str, value: tuple[tuple[int, int], _M]) -> None:
-        self.pop(name, None)
+        self.discard(name)
         weight = self._weight(value[1])
         self._items[name] = (*value, weight)
         self._total += weight
         while self._total > self._limit and len(self._items) > 1:
             self._total -= self._items.popitem(last=False)[1][2]
 
-    def pop(self, name: str, default: None = None) -> None:
+    def discard(self, name: str) -> None:
         item = self._items.pop(name, None)
         if item is not None:
             self._total -= item[2]
