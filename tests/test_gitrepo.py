@@ -44,6 +44,44 @@ def test_many_blobs_in_one_batch(tmp_path: Path) -> None:
         assert by_path == {k: v.encode() for k, v in files.items()}
 
 
+def test_a_blob_reader_reads_batch_after_batch_through_one_git_process(tmp_path: Path) -> None:
+    files = {f"f{i}.txt": f"content {i}\n" * (i % 50) for i in range(300)}  # past a pipe's buffer
+    repo_dir = init_repo(tmp_path / "r", files)
+    with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
+        entries = repo.ls_tree("HEAD")
+        seen = {}
+        pids = set()
+        for start in range(0, len(entries), 100):
+            seen.update(reader.read(e.oid for e in entries[start : start + 100]))
+            assert reader._proc is not None
+            pids.add(reader._proc.pid)
+        assert len(pids) == 1
+        assert {e.path: seen[e.oid] for e in entries} == {k: v.encode() for k, v in files.items()}
+        assert reader.read([]) == {}
+
+
+def test_a_blob_reader_names_a_missing_object_and_reads_on(tmp_path: Path) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a.txt": "alpha"})
+    with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
+        oid = repo.ls_tree("HEAD")[0].oid
+        with pytest.raises(GitError, match="missing Git object 0{40}"):
+            reader.read([oid, "0" * 40])
+        assert reader.read([oid]) == {oid: b"alpha"}
+
+
+def test_a_blob_reader_whose_git_died_says_so_and_starts_another(tmp_path: Path) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a.txt": "alpha"})
+    with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
+        oid = repo.ls_tree("HEAD")[0].oid
+        assert reader.read([oid]) == {oid: b"alpha"}
+        assert reader._proc is not None
+        reader._proc.kill()
+        reader._proc.wait()
+        with pytest.raises(GitError, match="git cat-file stopped"):
+            reader.read([oid])
+        assert reader.read([oid]) == {oid: b"alpha"}
+
+
 def test_diff_tree(tmp_path: Path) -> None:
     repo_dir = init_repo(tmp_path / "r", {"a": "1", "b": "2"})
     first = git(repo_dir, "rev-parse", "HEAD")

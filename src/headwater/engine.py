@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headwater import heap, snapshot
+from headwater import heap, layout, snapshot
 from headwater import plan as planning
 from headwater.cache import ResultCache
 from headwater.errors import (
@@ -28,7 +28,15 @@ from headwater.errors import (
     ValidationFailed,
 )
 from headwater.gitrepo import GitRepo
-from headwater.resources import Resource, ResourceKey, State, content_hash, is_binary, secret_hash
+from headwater.resources import (
+    Resource,
+    ResourceKey,
+    State,
+    content_hash,
+    is_binary,
+    pretty_json,
+    secret_hash,
+)
 from headwater.rules.flow_rules import FlowReferences
 from headwater.secrets import (
     DirectoryProvider,
@@ -49,7 +57,7 @@ NsKey = tuple[str, str]
 
 
 def canonical_json(value: Any) -> bytes:
-    return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+    return (pretty_json(value) + "\n").encode("utf-8")
 
 
 def kv_json(value: Any) -> bytes:
@@ -79,6 +87,18 @@ class Desired:
     # Blobs read to hash them while this was built (their hashes were not cached): the content
     # loaded later comes from here first, so a cold plan reads each blob once, not twice.
     read: dict[str, bytes] = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass
+class _ReadAhead:
+    """The blob hashes of an instance's files and flows, and the blobs read to take them,
+    gathered while worker processes validate the commit's flows (``snapshot.load``'s
+    ``meanwhile``): a cold plan's reading and hashing overlaps the validation instead of
+    following it. The desired state built with it carries the content of those blobs."""
+
+    instance: str
+    hashes: dict[str, tuple[str, bool]] = dataclasses.field(default_factory=dict)
+    read: dict[str, bytes] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -187,22 +207,42 @@ class Engine:
 
     # -- desired state ---------------------------------------------------------------------
 
-    def load(self, rev: str) -> snapshot.Snapshot:
-        return snapshot.load(self.repo, rev, cache=self.cache)
+    def load(self, rev: str, *, ahead: _ReadAhead | None = None) -> snapshot.Snapshot:
+        """The snapshot at ``rev``; with ``ahead``, the hashes of the blobs its instance's
+        desired state holds are gathered meanwhile (see ``_ReadAhead``)."""
+        if ahead is None:
+            return snapshot.load(self.repo, rev, cache=self.cache)
+
+        def read_ahead(tree: layout.Layout, instances: Mapping[str, snapshot.InstanceSpec]) -> None:
+            spec = instances.get(ahead.instance)
+            if spec is None:
+                return  # undefined: the check reports it
+            oids = {
+                entry.oid
+                for tenant in tree.tenants.values() if spec.carries(tenant.name)
+                for ns in tenant.namespaces.values()
+                for entry in (*ns.flows.values(), *ns.files.values())
+            }
+            ahead.hashes, ahead.read = self._blob_hashes(oids)
+
+        return snapshot.load(self.repo, rev, cache=self.cache, meanwhile=read_ahead)
 
     def check(self, snap: snapshot.Snapshot, instance: str) -> list[Diagnostic]:
         _defined(instance, snap.revision, snap.instances)
         return snap.report([instance])
 
-    def desired(self, snap: snapshot.Snapshot, instance: str, *, content: bool = True) -> Desired:
+    def desired(
+        self, snap: snapshot.Snapshot, instance: str, *, content: bool = True, ahead: _ReadAhead | None = None,
+    ) -> Desired:
         """The desired state of ``instance`` at the snapshot's commit.
 
         Blob hashes come from the result cache by blob id; with ``content=False`` files and
         flows carry no content (``with_content`` loads it where it is needed), so an unchanged
-        repository is not read again.
+        repository is not read again. With ``ahead`` (given to ``load``), the hashes come from
+        there first, and the blobs it read carry their content, whatever ``content`` says.
         """
         view = snap.view(instance)
-        return self._desired(snap, view, list(view.namespaces), content, None)
+        return self._desired(snap, view, list(view.namespaces), content, None, ahead=ahead)
 
     def desired_update(
         self, old: Desired, snap: snapshot.Snapshot, instance: str, namespaces: Iterable[NsKey],
@@ -223,12 +263,19 @@ class Engine:
         content: bool,
         base: Desired | None,
         in_place: bool = False,
+        *,
+        ahead: _ReadAhead | None = None,
     ) -> Desired:
         views = [view.namespaces[k] for k in namespaces if k in view.namespaces]
         oids = {info.entry.oid for ns in views for info in ns.flows.values()}
         oids |= {entry.oid for ns in views for (_o, entry) in ns.files.values()}
-        hashes, read = self._blob_hashes(oids)
-        blobs = _with_read(self.repo, read, oids) if content else {}
+        if ahead is not None:
+            hashes, read = self._blob_hashes(oids - ahead.hashes.keys())
+            hashes.update(ahead.hashes)
+            read.update(ahead.read)
+        else:
+            hashes, read = self._blob_hashes(oids)
+        blobs = _with_read(self.repo, read, oids) if content else ahead.read if ahead is not None else {}
         if base is None:
             state: State = {}
             calls: dict[ResourceKey, set[ResourceKey]] = {}
@@ -317,9 +364,11 @@ class Engine:
             state[k] = Resource(k, res.hash, blobs[desired.sources[k]], res.binary, res.source)
         return dataclasses.replace(desired, state=state)
 
-    def valid_snapshot(self, rev: str, instance: str, *, record: bool = False) -> snapshot.Snapshot:
+    def valid_snapshot(
+        self, rev: str, instance: str, *, record: bool = False, ahead: _ReadAhead | None = None
+    ) -> snapshot.Snapshot:
         """The snapshot at ``rev``; ValidationFailed (recorded when asked) if it has errors."""
-        snap = self.load(rev)
+        snap = self.load(rev, ahead=ahead)
         errors = [d for d in self.check(snap, instance) if d.severity == "error"]
         if errors:
             if record:
@@ -332,10 +381,12 @@ class Engine:
     @heap.paused()
     def plan(self, instance: str, rev: str) -> PlanResult:
         """What applying ``rev`` to the instance would change, drift included."""
-        snap = self.valid_snapshot(rev, instance)
+        ahead = _ReadAhead(instance)
+        snap = self.valid_snapshot(rev, instance, ahead=ahead)
         target = self.target(instance)
         actual = target.inventory()
-        desired = self.desired(snap, instance, content=False)
+        desired = self.desired(snap, instance, content=False, ahead=ahead)
+        del ahead
         desired = self.with_content(desired, _differing(desired.state, actual))
         managed = self.store.inventory(instance)
         current = target.current_revision()
@@ -396,9 +447,11 @@ class Engine:
             if by_tenant:
                 return self._apply_by_tenant(instance, rev, trigger, allow_mass_delete, confirm)
         self.forget(instance)
-        snap = self.valid_snapshot(rev, instance, record=True)
+        ahead = _ReadAhead(instance)
+        snap = self.valid_snapshot(rev, instance, record=True, ahead=ahead)
         spec = snap.instances[instance]
-        desired = self.desired(snap, instance, content=False)
+        desired = self.desired(snap, instance, content=False, ahead=ahead)
+        del ahead
         target = self.target(instance)
         with self.store.lock(instance, trigger, ttl=LOCK_TTL) as lock:
             self.reconcile(instance)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from headwater.errors import Diagnostic
 from headwater.flows import validate_flow
-from headwater.gitrepo import GitRepo
+from headwater.gitrepo import BlobReader, GitRepo
 from headwater.kestra_types import TypeRegistry
 from headwater.rules.flow_rules import FlowReferences, flow_references
 
@@ -48,10 +48,13 @@ def validate_many(
     if workers <= 0:
         if meanwhile is not None:
             meanwhile()
-        return _validate(repo, items, registry)
+        return _validate(repo.read_blobs, items, registry)
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with (
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool,
+            repo.blob_reader() as reader,
+        ):
             futures = [pool.submit(_worker, str(repo.git_dir), list(extra_types), list(c)) for c in chunks]
             if meanwhile is not None:
                 run, meanwhile = meanwhile, None  # once, whatever happens
@@ -64,7 +67,7 @@ def validate_many(
             for chunk, future in zip(reversed(chunks), reversed(futures), strict=True):
                 if not future.cancel():
                     break  # a worker has it, and every chunk before it
-                results.update(_validate(repo, chunk, registry))
+                results.update(_validate(reader.read, chunk, registry))
             for future in futures:
                 if not future.cancelled():
                     results.update(future.result())
@@ -76,7 +79,7 @@ def validate_many(
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
         if meanwhile is not None:
             meanwhile()
-        return _validate(repo, items, registry)
+        return _validate(repo.read_blobs, items, registry)
 
 
 class _CallerFailed(Exception):
@@ -91,8 +94,10 @@ def _workers() -> int:
     return min((os.cpu_count() or 1) - 1, 7)
 
 
-def _validate(repo: GitRepo, items: Sequence[Item], registry: TypeRegistry) -> dict[str, Result]:
-    blobs = repo.read_blobs(oid for (oid, _p, _f, _n) in items)
+def _validate(
+    read: Callable[[Iterable[str]], dict[str, bytes]], items: Sequence[Item], registry: TypeRegistry
+) -> dict[str, Result]:
+    blobs = read(oid for (oid, _p, _f, _n) in items)
     results: dict[str, Result] = {}
     for oid, path, flow_id, namespace in items:
         doc, found = validate_flow(
@@ -103,17 +108,19 @@ def _validate(repo: GitRepo, items: Sequence[Item], registry: TypeRegistry) -> d
     return results
 
 
-# A worker process keeps its repository (and its ``git cat-file``) and its type registry
-# from one chunk to the next.
-_WORKER_STATE: dict[tuple[str, tuple[str, ...]], tuple[GitRepo, TypeRegistry]] = {}
+# A worker process keeps its repository, its ``git cat-file`` and its type registry from
+# one chunk to the next.
+_WORKER_STATE: dict[tuple[str, tuple[str, ...]], tuple[GitRepo, BlobReader, TypeRegistry]] = {}
 
 
 def _worker(git_dir: str, extra_types: list[str], items: list[Item]) -> dict[str, Result]:
     key = (git_dir, tuple(extra_types))
     state = _WORKER_STATE.get(key)
     if state is None:
-        for repo, _registry in _WORKER_STATE.values():
+        for repo, reader, _registry in _WORKER_STATE.values():
+            reader.close()
             repo.close()
         _WORKER_STATE.clear()
-        state = _WORKER_STATE[key] = (GitRepo(git_dir), TypeRegistry.builtin(extra_types))
-    return _validate(state[0], items, state[1])
+        repo = GitRepo(git_dir)
+        state = _WORKER_STATE[key] = (repo, repo.blob_reader(), TypeRegistry.builtin(extra_types))
+    return _validate(state[1].read, items, state[2])

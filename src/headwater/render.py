@@ -282,7 +282,9 @@ def _diff_lines(diff: str) -> list[str]:
 
 
 def _safe(text: str) -> str:
-    return _UNSAFE.sub(_escape, text)
+    # A printable text has none of _UNSAFE's characters (all controls or format characters):
+    # the check is a fraction of the substitution's cost, and a plan renders every key.
+    return text if text.isprintable() else _UNSAFE.sub(_escape, text)
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from json.encoder import encode_basestring  # the C one where there is one, ensure_ascii=False
+from typing import Any, Literal, NamedTuple
 
 Kind = Literal["config", "kv", "secret", "file", "flow"]
 KINDS: tuple[Kind, ...] = ("config", "kv", "secret", "file", "flow")  # apply order
@@ -79,3 +81,67 @@ def make(
 
 
 State = dict[ResourceKey, Resource]
+
+
+def pretty_json(value: Any) -> str:
+    """``json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)``, the same text,
+    three times as fast: the standard library writes indented JSON in pure Python, one
+    generator per level (0.25 ms for a namespace's effective config; a thousand of them in a
+    cold plan). Values other than plain JSON data go to ``json.dumps`` itself."""
+    out: list[str] = []
+    try:
+        _pretty(value, "\n", out)
+    except _Unusual:
+        return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    return "".join(out)
+
+
+class _Unusual(Exception):
+    """A value ``_pretty`` leaves to ``json.dumps``: a subclass, a non-string key, a NaN."""
+
+
+_INFINITY = float("inf")
+
+
+def _pretty(value: Any, newline: str, out: list[str]) -> None:
+    kind = type(value)
+    if kind is str:
+        out.append(encode_basestring(value))
+    elif kind is dict:
+        if not value:
+            out.append("{}")
+            return
+        if any(type(k) is not str for k in value):
+            raise _Unusual
+        inner = newline + "  "
+        separator = "{" + inner
+        for key in sorted(value):
+            out.append(separator)
+            out.append(encode_basestring(key))
+            out.append(": ")
+            _pretty(value[key], inner, out)
+            separator = "," + inner
+        out.append(newline + "}")
+    elif kind is list:
+        if not value:
+            out.append("[]")
+            return
+        inner = newline + "  "
+        separator = "[" + inner
+        for item in value:
+            out.append(separator)
+            _pretty(item, inner, out)
+            separator = "," + inner
+        out.append(newline + "]")
+    elif value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif kind is int:
+        out.append(int.__repr__(value))
+    elif kind is float and value == value and -_INFINITY < value < _INFINITY:
+        out.append(float.__repr__(value))
+    else:
+        raise _Unusual

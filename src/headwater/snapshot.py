@@ -253,20 +253,26 @@ def _parse_config(data: bytes, path: str, oid: str, schema: str) -> tuple[yamlio
 
 # -- loading ---------------------------------------------------------------------------------
 
+# Work of a caller's on a commit's layout (given with its instances), done while worker
+# processes validate the commit's flows.
+Meanwhile = Callable[[layout.Layout, Mapping[str, InstanceSpec]], None]
+
 
 @heap.paused()
 def load(
-    repo: GitRepo, rev: str, *, extra_types: Iterable[str] = (), cache: ResultCache | None = None
+    repo: GitRepo, rev: str, *, extra_types: Iterable[str] = (), cache: ResultCache | None = None,
+    meanwhile: Meanwhile | None = None,
 ) -> Snapshot:
     """Load and validate (instance-independent part) the commit ``rev`` of ``repo``.
 
     With a ``cache``, flows and configs already seen (same blob, path and code) are neither
-    read nor parsed again.
+    read nor parsed again. ``meanwhile`` is work of the caller's on the commit's layout, done
+    in this process while worker processes validate the flows (see ``validate_many``).
     """
     sha = repo.resolve(rev)
     entries = repo.ls_tree(sha)
     root = _read_root(repo, [e for e in entries if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)], extra_types)
-    return _load(repo, sha, entries, root, cache)
+    return _load(repo, sha, entries, root, cache, meanwhile=meanwhile)
 
 
 @heap.paused()
@@ -414,9 +420,10 @@ def _read_root(repo: GitRepo, entries: Iterable[TreeEntry], extra_types: Iterabl
 
 def _load(
     repo: GitRepo, sha: str, entries: Iterable[TreeEntry], root: _Root, cache: ResultCache | None,
-    *, root_diagnostics: bool = True,
+    *, root_diagnostics: bool = True, meanwhile: Meanwhile | None = None,
 ) -> Snapshot:
-    """The snapshot of ``entries`` (all of the commit's, or its root files and some tenants')."""
+    """The snapshot of ``entries`` (all of the commit's, or its root files and some tenants');
+    ``meanwhile`` as for ``load``."""
     registry, extra = root.registry, list(root.extra)
     tree = layout.build(entries, ignored=root.ignored, max_file_bytes=root.max_bytes)
     diags = [*root.diagnostics, *tree.diagnostics] if root_diagnostics else list(tree.diagnostics)
@@ -455,9 +462,14 @@ def _load(
             if doc is not None:
                 configs[entry.path] = doc
 
+    def own_work() -> None:
+        parse_configs()
+        if meanwhile is not None:
+            meanwhile(tree, root.instances)
+
     todo = [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
     # The configs are parsed here while the validation workers start on the flows.
-    validated = validate_many(repo, todo, registry, extra, meanwhile=parse_configs)
+    validated = validate_many(repo, todo, registry, extra, meanwhile=own_work)
     flows: dict[tuple[str, str, str], FlowInfo] = {}
     for tenant, ns, fid, entry in flow_entries:
         fkey = flow_keys[entry.path]
