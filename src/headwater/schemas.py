@@ -21,20 +21,18 @@ import json
 import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import jsonschema  # type: ignore[import-untyped, unused-ignore]
 import jsonschema_rs
-import referencing
-from jsonschema.exceptions import (  # type: ignore[import-untyped, unused-ignore]
-    ValidationError,
-    best_match,
-)
-from referencing.jsonschema import DRAFT202012
 
 from headwater.errors import Diagnostic
 from headwater.yamlio import Document, Key
+
+if TYPE_CHECKING:  # imported where used: only an invalid file needs them (50 ms per process)
+    import jsonschema  # type: ignore[import-untyped, unused-ignore]
+    import referencing
+    from jsonschema.exceptions import ValidationError  # type: ignore[import-untyped, unused-ignore]
 
 SCHEMA_DIR = Path(__file__).parent / "data" / "schemas"
 MAX_DIAGNOSTICS = 100  # per document: past this, the rest is noise
@@ -88,6 +86,9 @@ def _resources() -> dict[str, dict[str, Any]]:
 def _registry() -> referencing.Registry[Any]:
     """:func:`_resources` for ``jsonschema``, plus the bare file names: ``jsonschema`` resolves
     a relative ``$ref`` in a schema without ``$id`` against no base at all."""
+    import referencing
+    from referencing.jsonschema import DRAFT202012
+
     pairs = [*_resources().items(), *((name, load_schema(name)) for name in schema_names())]
     return referencing.Registry().with_resources(
         (uri, DRAFT202012.create_resource(schema)) for uri, schema in pairs
@@ -96,6 +97,8 @@ def _registry() -> referencing.Registry[Any]:
 
 @functools.cache
 def _validator(name: str) -> jsonschema.Draft202012Validator:
+    import jsonschema  # type: ignore[import-untyped, unused-ignore]
+
     return jsonschema.Draft202012Validator(load_schema(name), registry=_registry())
 
 
@@ -180,6 +183,8 @@ def validate(doc: Document, schema_name: str) -> list[Diagnostic]:
 
 def _most_specific(error: ValidationError) -> ValidationError:
     """For anyOf/oneOf failures, the cause that best explains them instead of the alternatives."""
+    from jsonschema.exceptions import best_match  # type: ignore[import-untyped, unused-ignore]
+
     while error.validator in ("anyOf", "oneOf") and error.context:
         best = best_match(error.context)
         if best is None:
