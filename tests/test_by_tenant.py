@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 
 import pytest
 
-from headwater import snapshot
+from headwater import plan as planning
+from headwater import render, snapshot
 from headwater.engine import Engine, PlanResult
 from headwater.errors import HeadwaterError, PlanRefused, TargetError, ValidationFailed
 from headwater.gitrepo import GitRepo
 from headwater.settings import Settings
-from headwater.state import Lock, LockLost
+from headwater.state import Lock, LockLost, StateStore
 from headwater.targets.local import LocalTarget, Stage
 from tests.gitutil import commit, git, sample_repo
 from tests.test_partial import ERRORS, WARNINGS
@@ -104,10 +105,37 @@ def assert_same_outcome(engines: tuple[Engine, Engine], instance: str) -> None:
         assert (checks[1] is not None) == bool(a.manifest())  # recorded when there is a namespace
 
 
+def assert_plans_alike(engine: Engine, instance: str) -> planning.Plan:
+    """A plan made tenant by tenant (``Engine.plan``'s ``each``) has the whole plan's changes,
+    namespace by namespace in its order, and its counts; its text, written part by part, is
+    the whole plan's. The whole plan is returned."""
+    rev = engine.repo.resolve("HEAD")
+    whole = engine.plan(instance, rev).plan
+    parts: list[planning.Plan] = []
+    counted = engine.plan(instance, rev, each=parts.append).plan
+    assert counted.summary() == whole.summary() and counted.is_empty == whole.is_empty
+    assert counted.counted is not None and not counted.changes
+    by_namespace = [(ns, changes) for p in parts for ns, changes in p.namespaces().items()]
+    assert by_namespace == list(whole.namespaces().items())
+    assert [k for p in parts for k in p.drift] == list(whole.drift)
+    assert [k for p in parts for k in p.unmanaged] == list(whole.unmanaged)
+    assert {(p.instance, p.revision, p.base) for p in parts} <= {(whole.instance, whole.revision, whole.base)}
+    for color in (False, True):
+        for lines in (0, 3, render.MAX_TEXT_DIFF_LINES):  # the diff budget runs across tenants
+            out: list[str] = []
+            text = render.PlanText(parts[0] if parts else counted, color, out.append, max_diff_lines=lines)
+            for part in parts:
+                text.add(part)
+            text.finish(counted.summary())
+            assert "".join(out) == render.plan_text(whole, color, max_diff_lines=lines)
+    return whole
+
+
 @pytest.mark.parametrize("instance", INSTANCES)
 def test_applied_tenant_by_tenant_an_instance_ends_as_applied_whole(
     engines: tuple[Engine, Engine], repo_dir: Path, instance: str
 ) -> None:
+    assert assert_plans_alike(engines[1], instance).summary()["create"] > 0
     whole, by_tenant = both(engines, instance)
     assert by_tenant.plan.summary() == whole.plan.summary() and whole.plan.summary()["create"] > 0
     assert by_tenant.desired.missing_secrets == whole.desired.missing_secrets
@@ -118,6 +146,7 @@ def test_applied_tenant_by_tenant_an_instance_ends_as_applied_whole(
     assert_same_outcome(engines, instance)
     for n, files in enumerate(CHANGES):
         commit(repo_dir, f"change {n}", files)
+        assert not assert_plans_alike(engines[1], instance).is_empty
         results = both(engines, instance)
         assert results[1].plan.summary() == results[0].plan.summary()
         assert_same_outcome(engines, instance)
@@ -129,6 +158,7 @@ def test_a_tenant_gone_from_the_commit_goes_from_the_instance(
 ) -> None:
     both(engines, "dev")
     commit(repo_dir, "globex goes", {"tenants/globex": None})
+    assert assert_plans_alike(engines[1], "dev").summary()["delete"] > 0
     whole, by_tenant = both(engines, "dev")
     assert by_tenant.plan.summary() == whole.plan.summary() and whole.plan.summary()["delete"] > 0
     assert_same_outcome(engines, "dev")
@@ -142,6 +172,7 @@ def test_drift_is_counted_and_restored_alike(engines: tuple[Engine, Engine]) -> 
         os.chmod(path, 0o644)
         path.write_text("changed by hand\n")
         assert engine.drift("dev")
+    assert assert_plans_alike(engines[1], "dev").drift
     whole, by_tenant = both(engines, "dev")
     assert by_tenant.plan.summary() == whole.plan.summary()
     assert whole.plan.summary()["drift"] == whole.plan.summary()["update"] == 1
@@ -244,7 +275,18 @@ def test_the_whole_instance_is_never_read_at_once(
     monkeypatch.setattr(LocalTarget, "inventory", inventory)
     monkeypatch.setattr(snapshot, "load", whole_load)
     monkeypatch.setattr(LocalTarget, "manifest", manifest)
-    full_apply(engine, "dev", by_tenant=True)
+    real_store_inventory = StateStore.inventory
+
+    def store_inventory(store: StateStore, instance: str, *args: Any, tenant: str | None = None) -> Any:
+        assert args or tenant is not None, "the whole recorded inventory was read"
+        return real_store_inventory(store, instance, *args, tenant=tenant)
+
+    monkeypatch.setattr(StateStore, "inventory", store_inventory)
+    parts: list[planning.Plan] = []
+    engine.plan("dev", engine.repo.resolve("HEAD"), each=parts.append)
+    assert len(parts) == 3 and all(len({(c.key.tenant) for c in p.changes}) <= 1 for p in parts)
+    full_apply(engine, "dev", by_tenant=True, each=parts.append)
+    assert len(parts) == 6
     engine.drift("dev")
     assert reads and None not in reads
     assert sorted(set(reads)) == ["acme", "globex", "initech"]

@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from headwater import render
+from headwater.plan import Plan
 from headwater.targets.local import LocalTarget
 from tests.gitutil import ROOT, commit, git
 from tests.test_engine import HELLO_DEV, Headwater, blob, commit_on
@@ -58,6 +60,36 @@ def test_missing_secret_values_are_warnings_that_quiet_silences(hw: Headwater) -
     assert len(warnings) == 3  # one per secret name (DB_PASSWORD, PAGER_TOKEN, SLACK_WEBHOOK)
     quiet = hw.run("-q", "plan", "-C", str(hw.repo), "--state-dir", str(hw.state), "--instance", "dev")
     assert quiet.code == 0 and quiet.err == "" and "Plan: 41 to create" in quiet.out
+
+
+def test_plan_text_is_made_tenant_by_tenant_and_is_the_whole_plans(hw: Headwater) -> None:
+    """The text plan goes tenant by tenant (the JSON one is made whole): the same text, for
+    a commit with changes in two tenants, a drift, and a tenant gone."""
+    assert hw.apply("dev").code == 0
+    commit_on(hw, {
+        "tenants/acme/company/flows/hello.yaml": HELLO_DEV,
+        "tenants/globex": None,
+    })
+    flow = next((hw.instance_dir("dev") / "current/acme/company.team/flows").iterdir())
+    flow.chmod(0o644)
+    flow.write_text("changed by hand\n")
+    for args in ([], ["--no-color"]):
+        whole = Plan.from_json(valid_plan(hw.plan("dev", "-o", "json", *args).out))
+        text = hw.plan("dev", "--detailed-exitcode", *args)
+        assert text.code == 2
+        assert text.out == render.plan_text(whole, color=False) + "\n"
+        assert whole.summary()["delete"] and whole.summary()["update"] and whole.drift
+
+
+def test_a_plan_of_an_invalid_commit_shows_no_part_of_a_plan(hw: Headwater) -> None:
+    commit_on(hw, {
+        "tenants/acme/company/flows/hello.yaml": HELLO_DEV,  # a change in the first tenant
+        "tenants/zeta/ops/flows/broken.yaml": "id: broken\n  tasks: [\n",  # an error in the last
+    })
+    result = hw.plan("dev")
+    assert result.code == 1 and result.out == ""
+    assert result.err == hw.plan("dev", "-o", "json").err  # as the whole plan says it
+    assert "1 validation error(s)" in result.err
 
 
 def test_plan_after_editing_one_flow_is_one_update(hw: Headwater) -> None:
@@ -487,7 +519,7 @@ def test_a_state_dir_that_is_a_file(hw: Headwater, tmp_path: Path) -> None:
         assert str(hw.state) in one_clear_line(result.err)
 
 
-def test_a_quiet_confirmed_apply_goes_tenant_by_tenant_and_ends_as_a_loud_one(
+def test_an_apply_goes_tenant_by_tenant_shows_the_whole_plan_and_ends_as_a_quiet_one(
     sample: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from headwater.engine import Engine
@@ -501,10 +533,13 @@ def test_a_quiet_confirmed_apply_goes_tenant_by_tenant_and_ends_as_a_loud_one(
 
     monkeypatch.setattr(Engine, "_apply_by_tenant", counted)
     loud, quiet = Headwater(sample, tmp_path / "loud", capsys), Headwater(sample, tmp_path / "quiet", capsys)
+    whole = loud.plan("dev", "-o", "json")  # the whole plan (JSON is made whole)
+    expected = render.plan_text(Plan.from_json(json.loads(whole.out)), color=False)
     shown = loud.apply("dev")
-    assert shown.code == 0 and "to create" in shown.out and paths == []
+    assert shown.code == 0 and paths == [True]
+    assert shown.out.startswith(expected + "\n") and "to create" in expected
     silent = quiet.run("-q", "apply", "-C", str(sample), "--state-dir", str(quiet.state), "--instance", "dev", "--yes")
-    assert silent.code == 0 and paths == [True]
+    assert silent.code == 0 and paths == [True, True]
     assert silent.out.strip() == "Applied " + shown.out.strip().rsplit("Applied ", 1)[1]
     targets = [LocalTarget(hw.instance_dir("dev"), keep=5) for hw in (loud, quiet)]
     assert targets[0].manifest() == targets[1].manifest() != {}

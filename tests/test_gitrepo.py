@@ -64,7 +64,7 @@ def test_a_blob_reader_names_a_missing_object_and_reads_on(tmp_path: Path) -> No
     repo_dir = init_repo(tmp_path / "r", {"a.txt": "alpha"})
     with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
         oid = repo.ls_tree("HEAD")[0].oid
-        with pytest.raises(GitError, match="missing Git object 0{40}"):
+        with pytest.raises(GitError, match=r"missing Git object 0{40}"):
             reader.read([oid, "0" * 40])
         assert reader.read([oid]) == {oid: b"alpha"}
 

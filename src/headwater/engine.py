@@ -54,6 +54,8 @@ SecretValues = dict[tuple[str, str], dict[str, str]]
 # tenant by tenant extends it after each tenant, however long the whole takes.
 LOCK_TTL = 300.0
 NsKey = tuple[str, str]
+# Given each tenant's part of a plan made tenant by tenant (``Engine.plan``, ``apply``).
+Each = Callable[[planning.Plan], None]
 
 
 def canonical_json(value: Any) -> bytes:
@@ -379,8 +381,19 @@ class Engine:
     # -- plan ------------------------------------------------------------------------------
 
     @heap.paused()
-    def plan(self, instance: str, rev: str) -> PlanResult:
-        """What applying ``rev`` to the instance would change, drift included."""
+    def plan(self, instance: str, rev: str, *, each: Each | None = None) -> PlanResult:
+        """What applying ``rev`` to the instance would change, drift included.
+
+        With ``each``, the plan is made one tenant folder at a time, as a full apply by tenant
+        goes (``_count_by_tenant``), holding one tenant's snapshot, desired state and plan at
+        a time: ``each`` is given each tenant's plan, in order (together, the changes of the
+        whole plan, namespace by namespace in its order), and the plan returned has the
+        counts only. A commit with
+        an error raises ValidationFailed once every folder is checked, as without ``each``:
+        what ``each`` was given then is no plan.
+        """
+        if each is not None:
+            return self._plan_by_tenant(instance, rev, each)
         ahead = _ReadAhead(instance)
         snap = self.valid_snapshot(rev, instance, ahead=ahead)
         target = self.target(instance)
@@ -396,6 +409,21 @@ class Engine:
             base=current, managed=managed, calls=desired.calls,
         )
         return PlanResult(result, desired, snap)
+
+    def _plan_by_tenant(self, instance: str, rev: str, each: Each) -> PlanResult:
+        pieces = snapshot.split(self.repo, rev)
+        revision = pieces.revision
+        _defined(instance, revision, pieces.instances)
+        target = self.target(instance)
+        base = target.current_revision()
+        gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys()
+        first = self._count_by_tenant(instance, pieces, base, sorted(gone), each=each, stage=False)
+        errors = [d for d in first.report if d.severity == "error"]
+        if errors:
+            raise ValidationFailed(errors, revision)
+        counts = first.counts
+        result = planning.Plan(instance, revision, base, (), (), (), "", counts["unchanged"], counts)
+        return PlanResult(result, Desired(revision, {}, {}, {}, tuple(first.missing)), first.outside)
 
     @heap.paused()
     def compare(self, instance: str, base: str, head: str) -> PlanResult:
@@ -429,23 +457,26 @@ class Engine:
         action: str = "apply",
         confirm: Callable[[planning.Plan], bool] | None = None,
         by_tenant: bool = False,
+        each: Each | None = None,
     ) -> PlanResult:
         """Validate, plan and apply ``rev`` all or nothing; returns the plan that was applied.
 
         An invalid commit is recorded as a failed attempt and never reaches the target. After
         an apply the engine keeps what it applied (see ``_Resident``): the next
         apply of a descendant commit then works from ``git diff-tree`` and touches only the
-        namespaces the change reaches (``_apply_changes``). ``by_tenant`` (the daemon): a
-        full apply goes through the commit one tenant at a time and returns the plan's
-        counts only (``_apply_by_tenant``).
+        namespaces the change reaches (``_apply_changes``). ``by_tenant``: a full apply goes
+        through the commit one tenant at a time and returns the plan's counts only
+        (``_apply_by_tenant``); ``each`` is then given each tenant's plan before ``confirm``
+        is asked (an incremental apply gives it its whole plan), as ``plan`` does.
         """
         trigger = trigger or default_trigger()
         if saved is None and action == "apply":
-            done = self._apply_changes(instance, rev, trigger, allow_mass_delete, confirm)
+            asked = confirm if each is None else _shown(each, confirm)
+            done = self._apply_changes(instance, rev, trigger, allow_mass_delete, asked)
             if done is not None:
                 return done
             if by_tenant:
-                return self._apply_by_tenant(instance, rev, trigger, allow_mass_delete, confirm)
+                return self._apply_by_tenant(instance, rev, trigger, allow_mass_delete, confirm, each)
         self.forget(instance)
         ahead = _ReadAhead(instance)
         snap = self.valid_snapshot(rev, instance, record=True, ahead=ahead)
@@ -512,6 +543,7 @@ class Engine:
         trigger: str,
         allow_mass_delete: bool,
         confirm: Callable[[planning.Plan], bool] | None,
+        each: Each | None = None,
     ) -> PlanResult:
         """The full apply, one tenant folder at a time: what ``apply`` does, holding one
         tenant's snapshot, desired state and read-back resources at a time, never the whole
@@ -536,7 +568,7 @@ class Engine:
             gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys()
             self.store.unstage(instance)
             try:
-                first = self._count_by_tenant(instance, pieces, base, sorted(gone), lock=lock)
+                first = self._count_by_tenant(instance, pieces, base, sorted(gone), lock=lock, each=each)
                 errors = [d for d in first.report if d.severity == "error"]
                 if errors:
                     self.store.record_failure(instance, revision, [d.to_json() for d in errors])
@@ -572,11 +604,12 @@ class Engine:
 
     def _count_by_tenant(
         self, instance: str, pieces: snapshot.Pieces, base: str | None, gone: list[str], *, plan: bool = True,
-        lock: Lock | None = None,
+        lock: Lock | None = None, each: Each | None = None, stage: bool = True,
     ) -> _Counted:
         """The first pass of ``_apply_by_tenant`` (see ``_Counted``); without ``plan``, the
         report and tenants only. The instance's ``lock``, when given, is extended after each
-        tenant."""
+        tenant. ``each`` is given each tenant's whole plan, in order, while the report has no
+        error. Without ``stage``, nothing is staged and ``changing`` stays empty (a plan)."""
         target, revision = self.target(instance), pieces.revision
         report: set[Diagnostic] = set()
         counts = dict.fromkeys([*planning.ACTIONS, "drift", "unchanged"], 0)
@@ -604,13 +637,24 @@ class Engine:
             elif any(d.severity == "error" for d in report):
                 continue
             managed = self.store.inventory(instance, tenant=folder)
+            actual = target.inventory(folder)
+            if each is not None:  # the whole plan of the tenant, diffs included
+                desired = self.with_content(desired, _differing(desired.state, actual))
+                actual = _with_content(actual, target, desired.state)
             result = planning.compute(
-                desired.state, target.inventory(folder), instance=instance, revision=revision, base=base,
+                desired.state, actual, instance=instance, revision=revision, base=base,
                 managed=managed, calls=desired.calls,
             )
+            del actual
+            if each is not None:
+                each(result)
             for name, count in result.summary().items():
                 counts[name] += count
             inventory = {k: res.hash for k, res in desired.state.items()}
+            size += len(inventory)
+            missing += desired.missing_secrets
+            if not stage:
+                continue
             # The tenant is written again unless the current revision holds exactly what it
             # wants: what was read back can also come from folders made by hand, which the
             # revision does not list (resources never managed, and namespaces that match).
@@ -624,8 +668,6 @@ class Engine:
                 changing[folder] = rebuilt
             if inventory != managed:
                 self.store.stage(instance, folder, inventory)
-            size += len(inventory)
-            missing += desired.missing_secrets
         # The commit's reference checks, as a whole load records them: a tenant loaded later
         # (``snapshot.update``) takes its checks from there instead of running them.
         if checked:
@@ -962,6 +1004,16 @@ def _calls(view: snapshot.InstanceView, tenants: Collection[str] | None = None) 
         for fid, info in ns.flows.items()
         if info.refs is not None
     }
+
+
+def _shown(each: Each, confirm: Callable[[planning.Plan], bool] | None) -> Callable[[planning.Plan], bool]:
+    """``confirm``, given the plan after ``each`` saw it."""
+
+    def asked(plan: planning.Plan) -> bool:
+        each(plan)
+        return True if confirm is None else confirm(plan)
+
+    return asked
 
 
 def _differing(desired: State, other: State) -> list[ResourceKey]:

@@ -35,7 +35,7 @@ from headwater.engine import Engine
 from headwater.errors import Diagnostic, GitError, HeadwaterError, ValidationFailed
 from headwater.gitrepo import GitRepo, RefMoved
 from headwater.snapshot import InstanceSpec, Snapshot
-from headwater.snapshot import load as load_snapshot
+from headwater.snapshot import instances as instances_at
 from headwater.state import StateStore
 
 _BRANCH = re.compile(
@@ -174,16 +174,16 @@ def proven_for(
 # -- the target branch -------------------------------------------------------------------------
 
 
-def instance_spec(repo: GitRepo, instance: str) -> tuple[Snapshot, InstanceSpec]:
-    """The instance as headwater.yaml at HEAD describes it."""
-    snap = load_snapshot(repo, "HEAD")
-    spec = snap.instances.get(instance)
+def instance_spec(repo: GitRepo, instance: str) -> tuple[dict[str, InstanceSpec], InstanceSpec]:
+    """The instance as headwater.yaml at HEAD describes it, and every instance it defines."""
+    defined = instances_at(repo, "HEAD")
+    spec = defined.get(instance)
     if spec is None:
-        known = ", ".join(sorted(snap.instances)) or "none"
+        known = ", ".join(sorted(defined)) or "none"
         raise HeadwaterError(
             f"unknown instance {instance!r}", hint=f"instances in headwater.yaml: {known}"
         )
-    return snap, spec
+    return defined, spec
 
 
 def branch_ref(repo: GitRepo, branch: str, remote: str | None) -> tuple[str, str]:
@@ -205,12 +205,12 @@ def branch_ref(repo: GitRepo, branch: str, remote: str | None) -> tuple[str, str
 def prepare(engine: Engine, request: Request, *, now: datetime | None = None) -> Promotion:
     """Check and build a promotion; writes Git objects but moves no ref."""
     repo = engine.repo
-    head_snap, spec = instance_spec(repo, request.target)
+    head_instances, spec = instance_spec(repo, request.target)
     base_ref, base_head = branch_ref(repo, spec.branch, request.remote)
     target_snap = engine.load(base_head)
     spec = target_snap.instances.get(request.target, spec)
     forced = _reason(request.force_reason)
-    known = set(head_snap.instances) | set(target_snap.instances)
+    known = set(head_instances) | set(target_snap.instances)
     source_instance = _source_instance(request, spec, known, forced)
     if request.expect_head is not None and repo.resolve(request.expect_head) != base_head:
         raise _moved(spec.branch, repo.resolve(request.expect_head), base_head)

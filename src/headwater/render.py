@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from headwater.plan import SENSITIVE, Change, Plan
 
@@ -40,55 +40,86 @@ def plan_text(plan: Plan, color: bool, *, max_diff_lines: int = MAX_TEXT_DIFF_LI
     Diffs stop after ``max_diff_lines`` lines in all (every change is still listed), so a plan
     of a hundred thousand creations stays readable; `-o json` carries every diff.
     """
-    budget = max_diff_lines
-    omitted = 0
+    out: list[str] = []
+    text = PlanText(plan, color, out.append, max_diff_lines=max_diff_lines)
+    text.add(plan)
+    text.finish(plan.summary())
+    return "".join(out)
 
-    def paint(code: str, text: str) -> str:
-        return f"\x1b[{code}m{text}\x1b[0m" if color else text
 
-    out = [f"Instance {_safe(plan.instance)}: {_revisions(plan)}", ""]
-    for (tenant, namespace), changes in plan.namespaces().items():
-        out.append(paint(_BOLD, _safe(f"{tenant}/{namespace}")))
-        for change in changes:
-            marker = paint(_MAGENTA, "!") if change.drift else " "
-            line = f"{_SYMBOL[change.action]} {change.key.kind} {_safe(change.key.name)}"
-            detail = _detail(change)
-            if change.source:
-                line += f"  ({_safe(change.source)})"
-            out.append(f"{marker} {paint(_COLOR[change.action], line)}{detail}")
-            if change.drift:
-                out.append("      " + paint(_MAGENTA, "! changed outside Git since the last apply"))
-            if change.has_diff:
-                # Past the budget a diff is only counted: it is not even computed (plan.Change).
-                diff = change.diff if budget else None
-                if diff is not None and (size := diff.rstrip("\n").count("\n") + 1) <= budget:
-                    budget -= size
-                    out.extend("      " + _diff_line(d, paint) for d in _diff_lines(diff))
-                else:
-                    budget = 0
-                    omitted += 1
-        out.append("")
-    if omitted:
-        out.append(f"({omitted} diff(s) omitted past {max_diff_lines} lines; `-o json` has them all)")
-    counts = plan.summary()
-    if counts["drift"]:
-        out.append(paint(_MAGENTA, f"Drift: {_resources(counts['drift'])} changed outside Git."))
-    if plan.unmanaged:
-        out.append(f"Unmanaged: {_resources(len(plan.unmanaged))} left alone (never applied):")
-        out.extend(f"  {_safe(str(key))}" for key in plan.unmanaged[:MAX_UNMANAGED_LISTED])
-        if len(plan.unmanaged) > MAX_UNMANAGED_LISTED:
-            out.append(f"  … and {len(plan.unmanaged) - MAX_UNMANAGED_LISTED} more")
-    if plan.is_empty:
-        out.append(paint(_GREEN, f"No changes. Instance {_safe(plan.instance)} is up to date."))
-    else:
-        out.append(
-            paint(
-                _BOLD,
-                f"Plan: {counts['create']} to create, {counts['update']} to update,"
-                f" {counts['delete']} to delete.",
+class PlanText:
+    """``plan_text`` written as it goes, for a plan computed in parts (one tenant at a time,
+    in order: ``Engine.plan``'s ``each``): ``add`` each part, then ``finish`` with the whole
+    plan's counts. The text ``write`` receives is, joined, what ``plan_text`` returns for
+    the whole plan; only a part is held at a time."""
+
+    def __init__(
+        self, plan: Plan, color: bool, write: Callable[[str], object], *, max_diff_lines: int = MAX_TEXT_DIFF_LINES,
+    ) -> None:
+        self.color, self.write, self.max_diff_lines = color, write, max_diff_lines
+        self.budget = max_diff_lines
+        self.omitted = 0
+        self.instance = plan.instance
+        self.unmanaged: list[str] = []  # the first ones, shown
+        self.unmanaged_count = 0
+        self.write(f"Instance {_safe(plan.instance)}: {_revisions(plan)}\n")
+
+    def paint(self, code: str, text: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
+
+    def add(self, plan: Plan) -> None:
+        paint = self.paint
+        out: list[str] = []
+        for (tenant, namespace), changes in plan.namespaces().items():
+            out.append("")
+            out.append(paint(_BOLD, _safe(f"{tenant}/{namespace}")))
+            for change in changes:
+                marker = paint(_MAGENTA, "!") if change.drift else " "
+                line = f"{_SYMBOL[change.action]} {change.key.kind} {_safe(change.key.name)}"
+                detail = _detail(change)
+                if change.source:
+                    line += f"  ({_safe(change.source)})"
+                out.append(f"{marker} {paint(_COLOR[change.action], line)}{detail}")
+                if change.drift:
+                    out.append("      " + paint(_MAGENTA, "! changed outside Git since the last apply"))
+                if change.has_diff:
+                    # Past the budget a diff is only counted: it is not even computed (plan.Change).
+                    diff = change.diff if self.budget else None
+                    if diff is not None and (size := diff.rstrip("\n").count("\n") + 1) <= self.budget:
+                        self.budget -= size
+                        out.extend("      " + _diff_line(d, paint) for d in _diff_lines(diff))
+                    else:
+                        self.budget = 0
+                        self.omitted += 1
+        if out:
+            self.write("\n".join(out) + "\n")
+        self.unmanaged_count += len(plan.unmanaged)
+        room = MAX_UNMANAGED_LISTED - len(self.unmanaged)
+        self.unmanaged += [_safe(str(key)) for key in plan.unmanaged[:room]]
+
+    def finish(self, counts: Mapping[str, int]) -> None:
+        paint = self.paint
+        out = [""]
+        if self.omitted:
+            out.append(f"({self.omitted} diff(s) omitted past {self.max_diff_lines} lines; `-o json` has them all)")
+        if counts["drift"]:
+            out.append(paint(_MAGENTA, f"Drift: {_resources(counts['drift'])} changed outside Git."))
+        if self.unmanaged_count:
+            out.append(f"Unmanaged: {_resources(self.unmanaged_count)} left alone (never applied):")
+            out.extend(f"  {key}" for key in self.unmanaged)
+            if self.unmanaged_count > MAX_UNMANAGED_LISTED:
+                out.append(f"  … and {self.unmanaged_count - MAX_UNMANAGED_LISTED} more")
+        if not any(counts[action] for action in ("create", "update", "delete")):
+            out.append(paint(_GREEN, f"No changes. Instance {_safe(self.instance)} is up to date."))
+        else:
+            out.append(
+                paint(
+                    _BOLD,
+                    f"Plan: {counts['create']} to create, {counts['update']} to update,"
+                    f" {counts['delete']} to delete.",
+                )
             )
-        )
-    return "\n".join(out)
+        self.write("\n".join(out))
 
 
 def _detail(change: Change) -> str:

@@ -275,6 +275,13 @@ def load(
     return _load(repo, sha, entries, root, cache, meanwhile=meanwhile)
 
 
+def instances(repo: GitRepo, rev: str) -> dict[str, InstanceSpec]:
+    """The instances ``headwater.yaml`` at ``rev`` defines (as ``load`` gives them), read
+    without the rest of the commit."""
+    sha = repo.resolve(rev)
+    return _read_root(repo, repo.ls_tree(sha, [layout.REPO_CONFIG, layout.IGNORE_FILE]), ()).instances
+
+
 @heap.paused()
 def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) -> Snapshot | None:
     """The commit ``rev`` for ``instance`` with its root files loaded and no tenant yet, in

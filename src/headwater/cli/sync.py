@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +19,7 @@ from headwater.engine import Engine, PlanResult, read_plan_file, status_of
 from headwater.errors import HeadwaterError, PlanRefused
 from headwater.gitrepo import GitRepo
 from headwater.plan import Plan
-from headwater.snapshot import load as load_snapshot
+from headwater.snapshot import instances as instances_at
 from headwater.state import StateStore
 
 config_option = click.option(
@@ -40,10 +42,10 @@ def engine_for(repo_path: str, config_path: str | None, state_dir: str | None) -
 
 def default_rev(repo: GitRepo, instance: str) -> str:
     """The branch an instance follows, read from headwater.yaml at HEAD."""
-    snap = load_snapshot(repo, "HEAD")
-    spec = snap.instances.get(instance)
+    defined = instances_at(repo, "HEAD")
+    spec = defined.get(instance)
     if spec is None:
-        known = ", ".join(sorted(snap.instances)) or "none"
+        known = ", ".join(sorted(defined)) or "none"
         raise HeadwaterError(f"unknown instance {instance!r}", hint=f"instances in headwater.yaml: {known}")
     for candidate in (spec.branch, f"origin/{spec.branch}"):
         sha = repo.try_resolve(candidate)
@@ -103,6 +105,16 @@ def plan(
     """
     if (base is None) != (head is None):
         raise click.UsageError("--base and --head go together")
+    if base is None and fmt == "text" and not out_file:
+        # Shown whole only once every tenant checked clean, and made one tenant at a time: a
+        # large instance's plan is never held whole (the JSON, Markdown and saved plans are).
+        with engine_for(repo_path, config_path, state_dir) as engine, _Spool(output.use_color(no_color)) as spool:
+            result = engine.plan(instance, rev or default_rev(engine.repo, instance), each=spool.add)
+            warn_missing_secrets(result)
+            spool.show(result.plan)
+        if detailed_exitcode and not result.plan.is_empty:
+            sys.exit(2)
+        return
     with engine_for(repo_path, config_path, state_dir) as engine:
         if base is not None and head is not None:
             result = engine.compare(instance, base, head)
@@ -146,25 +158,30 @@ def apply(
         raise click.UsageError("give --instance NAME or a PLANFILE")
     color = output.use_color(no_color)
     quiet = bool((click.get_current_context().find_root().obj or {}).get("quiet"))
+    # A plan is applied tenant by tenant, holding one tenant at a time, as the daemon does;
+    # its text, when someone reads it, is written as the tenants are checked and shown once
+    # all are. A saved plan is applied whole: it is checked against the whole instance.
+    spool = _Spool(color) if saved is None and not (quiet and yes) else None
 
     def confirm(p: Plan) -> bool:
         if not quiet or not (p.is_empty or yes):
-            click.echo(render.plan_text(p, color))
+            if spool is not None:
+                spool.show(p)
+            else:
+                click.echo(render.plan_text(p, color))
         if p.is_empty or yes:
             return True
         if not sys.stdin.isatty():
             raise HeadwaterError("refusing to apply without confirmation", hint="pass --yes to apply non-interactively")
         return click.confirm("Apply these changes?", default=False)
 
-    with engine_for(repo_path, config_path, state_dir) as engine:
+    with engine_for(repo_path, config_path, state_dir) as engine, spool or contextlib.nullcontext():
         target_rev = rev or default_rev(engine.repo, instance)
         if saved is not None:
             _refuse_if_branch_moved(engine.repo, instance, saved.revision)
-        # Quiet and confirmed, nobody reads the plan: the apply goes tenant by tenant and
-        # holds one tenant at a time, as the daemon's does.
         applied = engine.apply(
             instance, target_rev, allow_mass_delete=allow_mass_delete, saved=saved, confirm=confirm,
-            by_tenant=quiet and yes,
+            by_tenant=saved is None, each=spool.add if spool is not None else None,
         )
     warn_missing_secrets(applied)
     result = applied.plan
@@ -175,6 +192,41 @@ def apply(
         + (f", {counts['drift']} drifted restored" if counts.get("drift") else "")
         + "."
     )
+
+
+class _Spool:
+    """A plan's text, written tenant by tenant (``add``, ``Engine.plan``'s ``each``) to a
+    temporary file, then shown whole (``show``, given the whole plan's counts): the same
+    text as ``render.plan_text`` of the whole plan, which is never held. A context: the
+    file exists inside it."""
+
+    def __init__(self, color: bool) -> None:
+        self.color = color
+        self.stack = contextlib.ExitStack()
+        self.text: render.PlanText | None = None
+
+    def __enter__(self) -> _Spool:
+        self.file = self.stack.enter_context(
+            tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass")
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
+
+    def add(self, part: Plan) -> None:
+        if self.text is None:
+            self.text = render.PlanText(part, self.color, self.file.write)
+        self.text.add(part)
+
+    def show(self, plan: Plan) -> None:
+        if self.text is None:  # no tenant: the header is the whole plan's
+            self.text = render.PlanText(plan, self.color, self.file.write)
+        self.text.finish(plan.summary())
+        self.file.seek(0)
+        while lines := self.file.readlines(1 << 16):  # whole lines: a colour code is never cut
+            click.echo("".join(lines), nl=False)
+        click.echo()
 
 
 def _refuse_if_branch_moved(repo: GitRepo, instance: str, revision: str) -> None:
@@ -219,7 +271,7 @@ def status(repo_path: str, instance: str | None, fmt: str, config_path: str | No
 
 def _repo_instances(repo: GitRepo) -> set[str]:
     try:
-        return set(load_snapshot(repo, "HEAD").instances)
+        return set(instances_at(repo, "HEAD"))
     except HeadwaterError:
         return set()
 
