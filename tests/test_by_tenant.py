@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from headwater import engine as engine_module
 from headwater import plan as planning
 from headwater import render, snapshot
 from headwater.engine import Engine, PlanResult
@@ -36,6 +37,12 @@ CHANGES: list[dict[str, str | None]] = [
     },
     {"tenants/acme/company/flows/new.yaml": None, "tenants/globex/ops/monitoring/flows/x.yaml": None},
 ]
+
+
+@pytest.fixture(autouse=True)
+def every_commit_by_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's plan and apply go tenant by tenant above a size; here, always."""
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)
 
 
 @pytest.fixture
@@ -285,7 +292,7 @@ def test_the_whole_instance_is_never_read_at_once(
     parts: list[planning.Plan] = []
     engine.plan("dev", engine.repo.resolve("HEAD"), each=parts.append)
     assert len(parts) == 3 and all(len({(c.key.tenant) for c in p.changes}) <= 1 for p in parts)
-    full_apply(engine, "dev", by_tenant=True, each=parts.append)
+    full_apply(engine, "dev", by_tenant=None, each=parts.append)  # the CLI's: by the size
     assert len(parts) == 6
     engine.drift("dev")
     assert reads and None not in reads
@@ -530,3 +537,23 @@ def test_a_lock_lost_while_a_whole_apply_awaited_its_confirmation_writes_nothing
     assert engine.target("dev").current_revision() == before
     state = engine.store.get("dev")
     assert (state.applied_revision, state.pending_revision) == (before, None)
+
+
+def test_below_the_size_a_plan_and_an_apply_go_whole_and_each_sees_the_whole_plan(
+    engines: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engines[1]
+    listed = len(snapshot.split(engine.repo, "HEAD").entries)
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", listed + 1)
+    monkeypatch.setattr(Engine, "_count_by_tenant", lambda *a, **k: pytest.fail("went tenant by tenant"))
+    rev = engine.repo.resolve("HEAD")
+    parts: list[planning.Plan] = []
+    planned = engine.plan("dev", rev, each=parts.append).plan
+    assert parts == [planned] and planned.counted is None and planned.summary()["create"] > 0
+    applied = full_apply(engine, "dev", by_tenant=None, each=parts.append).plan
+    assert parts == [planned, applied] and applied.changes == planned.changes
+    monkeypatch.undo()  # _count_by_tenant back
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", listed)  # at the size: by tenant
+    parts.clear()
+    assert engine.plan("dev", rev, each=parts.append).plan.counted is not None
+    assert len(parts) == len(engine.target("dev").tenants()) > 1

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from headwater import engine as engine_module
 from headwater import render
 from headwater.plan import Plan
 from headwater.targets.local import LocalTarget
@@ -62,9 +63,13 @@ def test_missing_secret_values_are_warnings_that_quiet_silences(hw: Headwater) -
     assert quiet.code == 0 and quiet.err == "" and "Plan: 41 to create" in quiet.out
 
 
-def test_plan_text_is_made_tenant_by_tenant_and_is_the_whole_plans(hw: Headwater) -> None:
-    """The text plan goes tenant by tenant (the JSON one is made whole): the same text, for
-    a commit with changes in two tenants, a drift, and a tenant gone."""
+@pytest.mark.parametrize("by_tenant_from", [0, engine_module.BY_TENANT_FROM])
+def test_plan_text_is_made_tenant_by_tenant_and_is_the_whole_plans(
+    hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int
+) -> None:
+    """The text plan of a large commit goes tenant by tenant (the JSON one is made whole):
+    the same text, for a commit with changes in two tenants, a drift, and a tenant gone."""
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
     assert hw.apply("dev").code == 0
     commit_on(hw, {
         "tenants/acme/company/flows/hello.yaml": HELLO_DEV,
@@ -81,7 +86,11 @@ def test_plan_text_is_made_tenant_by_tenant_and_is_the_whole_plans(hw: Headwater
         assert whole.summary()["delete"] and whole.summary()["update"] and whole.drift
 
 
-def test_a_plan_of_an_invalid_commit_shows_no_part_of_a_plan(hw: Headwater) -> None:
+@pytest.mark.parametrize("by_tenant_from", [0, engine_module.BY_TENANT_FROM])
+def test_a_plan_of_an_invalid_commit_shows_no_part_of_a_plan(
+    hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int
+) -> None:
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
     commit_on(hw, {
         "tenants/acme/company/flows/hello.yaml": HELLO_DEV,  # a change in the first tenant
         "tenants/zeta/ops/flows/broken.yaml": "id: broken\n  tasks: [\n",  # an error in the last
@@ -532,6 +541,7 @@ def test_an_apply_goes_tenant_by_tenant_shows_the_whole_plan_and_ends_as_a_quiet
         return real(self, *args)
 
     monkeypatch.setattr(Engine, "_apply_by_tenant", counted)
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)  # a large commit, as far as the CLI knows
     loud, quiet = Headwater(sample, tmp_path / "loud", capsys), Headwater(sample, tmp_path / "quiet", capsys)
     whole = loud.plan("dev", "-o", "json")  # the whole plan (JSON is made whole)
     expected = render.plan_text(Plan.from_json(json.loads(whole.out)), color=False)

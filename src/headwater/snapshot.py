@@ -261,14 +261,17 @@ Meanwhile = Callable[[layout.Layout, Mapping[str, InstanceSpec]], None]
 @heap.paused()
 def load(
     repo: GitRepo, rev: str, *, extra_types: Iterable[str] = (), cache: ResultCache | None = None,
-    meanwhile: Meanwhile | None = None,
+    meanwhile: Meanwhile | None = None, listed: Pieces | None = None,
 ) -> Snapshot:
     """Load and validate (instance-independent part) the commit ``rev`` of ``repo``.
 
     With a ``cache``, flows and configs already seen (same blob, path and code) are neither
     read nor parsed again. ``meanwhile`` is work of the caller's on the commit's layout, done
     in this process while worker processes validate the flows (see ``validate_many``).
+    ``listed``: the commit ``split`` already listed (``rev`` is then its revision).
     """
+    if listed is not None and not extra_types:
+        return _load(repo, listed.revision, listed.entries, listed.root, cache, meanwhile=meanwhile)
     sha = repo.resolve(rev)
     entries = repo.ls_tree(sha)
     root = _read_root(repo, [e for e in entries if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)], extra_types)
@@ -316,6 +319,7 @@ class Pieces:
     root: _Root
     outside: list[TreeEntry]  # what is outside every tenant folder, root files included
     folders: dict[str, list[TreeEntry]]  # tenant folder name → what it holds
+    entries: list[TreeEntry]  # the whole listing, in Git's order (``load``'s ``listed``)
 
     @property
     def instances(self) -> dict[str, InstanceSpec]:
@@ -327,11 +331,12 @@ def split(repo: GitRepo, rev: str) -> Pieces:
     """The commit ``rev`` listed and split by tenant folder; only its root files are read."""
     sha = repo.resolve(rev)
     groups: dict[str, list[TreeEntry]] = {}
-    for entry in repo.ls_tree(sha):
+    entries = repo.ls_tree(sha)
+    for entry in entries:
         groups.setdefault(_tenant_folder(entry.path), []).append(entry)
     outside = groups.pop("", [])
     root = _read_root(repo, [e for e in outside if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)], ())
-    return Pieces(sha, root, outside, groups)
+    return Pieces(sha, root, outside, groups, entries)
 
 
 @heap.paused()

@@ -106,8 +106,8 @@ def plan(
     if (base is None) != (head is None):
         raise click.UsageError("--base and --head go together")
     if base is None and fmt == "text" and not out_file:
-        # Shown whole only once every tenant checked clean, and made one tenant at a time: a
-        # large instance's plan is never held whole (the JSON, Markdown and saved plans are).
+        # A large commit's plan is made one tenant at a time, and shown once every tenant is
+        # checked: never held whole (the JSON, Markdown and saved plans are).
         with engine_for(repo_path, config_path, state_dir) as engine, _Spool(output.use_color(no_color)) as spool:
             result = engine.plan(instance, rev or default_rev(engine.repo, instance), each=spool.add)
             warn_missing_secrets(result)
@@ -158,9 +158,9 @@ def apply(
         raise click.UsageError("give --instance NAME or a PLANFILE")
     color = output.use_color(no_color)
     quiet = bool((click.get_current_context().find_root().obj or {}).get("quiet"))
-    # A plan is applied tenant by tenant, holding one tenant at a time, as the daemon does;
-    # its text, when someone reads it, is written as the tenants are checked and shown once
-    # all are. A saved plan is applied whole: it is checked against the whole instance.
+    # A large commit is applied tenant by tenant, holding one tenant at a time, as the daemon
+    # does; the plan's text, when someone reads it, is written as the tenants are checked and
+    # shown once all are. A saved plan is applied whole: it is checked against the whole plan.
     spool = _Spool(color) if saved is None and not (quiet and yes) else None
 
     def confirm(p: Plan) -> bool:
@@ -181,7 +181,7 @@ def apply(
             _refuse_if_branch_moved(engine.repo, instance, saved.revision)
         applied = engine.apply(
             instance, target_rev, allow_mass_delete=allow_mass_delete, saved=saved, confirm=confirm,
-            by_tenant=saved is None, each=spool.add if spool is not None else None,
+            by_tenant=None, each=spool.add if spool is not None else None,
         )
     warn_missing_secrets(applied)
     result = applied.plan
