@@ -56,10 +56,10 @@ LOCK_TTL = 300.0
 NsKey = tuple[str, str]
 # The CLI plans and applies a commit listing this many entries or more (files and folders
 # of its tree) tenant by tenant, holding one tenant at a time; a smaller one whole, which is
-# faster (one validation pool, blobs hashed meanwhile). 10,000 flows and 20,000 files list
-# some 32,000 entries (whole: 0.3 GB); 50,000 flows and 100,000 files, 152,000 (whole: 1.3 GB,
-# by tenant: 0.35 GB).
-BY_TENANT_FROM = 100_000
+# faster (one validation pool, blobs hashed meanwhile). The whole plan's memory grows with
+# the commit: 10,000 flows and 20,000 files list some 32,000 entries (whole: 0.3 GB); 50,000
+# flows and 100,000 files, 152,000 (whole: 1.25 GB, by tenant: 0.35 GB).
+BY_TENANT_FROM = 50_000
 # Given each tenant's part of a plan made tenant by tenant (``Engine.plan``, ``apply``).
 Each = Callable[[planning.Plan], None]
 
