@@ -172,6 +172,21 @@ def test_a_tenant_gone_from_the_commit_goes_from_the_instance(
     assert engines[1].target("dev").tenants() == {"acme"} and engines[1].store.tenants("dev") == {"acme"}
 
 
+def test_a_plan_lists_a_tenant_gone_in_its_place_among_the_others(
+    engines: tuple[Engine, Engine], repo_dir: Path
+) -> None:
+    """A tenant gone from the commit sorts before one that stays: its deletions come first,
+    in the text as in the whole plan (with a diff budget that runs out in them)."""
+    both(engines, "dev")
+    commit(repo_dir, "acme goes, globex changes", {
+        "tenants/acme": None,
+        "tenants/globex/ops/flows/new.yaml": FLOW.format(id="new", ns="ops", msg="new"),
+    })
+    whole = assert_plans_alike(engines[1], "dev")
+    order = [tenant for tenant, _ns in whole.namespaces()]
+    assert order[0] == "acme" and order[-1] == "globex"
+
+
 def test_drift_is_counted_and_restored_alike(engines: tuple[Engine, Engine]) -> None:
     both(engines, "dev")
     for engine in engines:

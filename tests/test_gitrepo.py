@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from headwater import gitrepo
 from headwater.errors import GitError
 from headwater.gitrepo import MODE_SYMLINK, GitRepo
 from tests.gitutil import commit, git, init_repo
@@ -80,6 +82,29 @@ def test_a_blob_reader_whose_git_died_says_so_and_starts_another(tmp_path: Path)
         with pytest.raises(GitError, match="git cat-file stopped"):
             reader.read([oid])
         assert reader.read([oid]) == {oid: b"alpha"}
+
+
+def test_a_blob_reader_interrupted_mid_read_starts_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error while answers are read (Ctrl-C, say) must not leave them to the next read,
+    which would take one blob's content for another's."""
+    files = {f"f{i}.txt": f"content {i}\n" * 2000 for i in range(50)}  # more than the pipes hold
+    repo_dir = init_repo(tmp_path / "r", files)
+    with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
+        entries = repo.ls_tree("HEAD")
+        real = gitrepo._batch_reader
+
+        def interrupted(stream: object, count: int) -> Any:
+            for n, item in enumerate(real(stream, count)):
+                if n == 3:
+                    raise KeyboardInterrupt
+                yield item
+
+        monkeypatch.setattr(gitrepo, "_batch_reader", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            reader.read(e.oid for e in entries)
+        monkeypatch.undo()
+        last = entries[-1]
+        assert reader.read([last.oid]) == {last.oid: files[last.path].encode()}
 
 
 def test_diff_tree(tmp_path: Path) -> None:

@@ -639,7 +639,7 @@ class Engine:
         report.update(outside.report([instance]))
         checks: dict[NsKey, list[Diagnostic]] = {}
         checked = 0  # namespaces the instance sees
-        for folder in [*sorted(pieces.folders), *gone]:
+        for folder in sorted({*pieces.folders, *gone}):  # the order of a whole plan's namespaces
             if lock is not None:
                 lock.refresh(LOCK_TTL)
             desired = Desired(revision, {}, {}, {}, ())  # a tenant gone from the commit

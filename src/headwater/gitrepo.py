@@ -416,6 +416,10 @@ class BlobReader:
         try:
             for oid, data in _batch_reader(proc.stdout, len(wanted)):
                 result[oid] = data
+        except BaseException:  # answers left unread would be taken for the next read's
+            proc.kill()  # (first: the writer may be blocked on a full pipe, holding stdin)
+            self.close()
+            raise
         finally:
             writer.join()
         missing = [oid for oid in wanted if oid not in result]
