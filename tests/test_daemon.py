@@ -372,6 +372,8 @@ def test_an_invalid_commit_keeps_the_last_good_revision_until_a_valid_one(tmp_pa
         assert d.metric("headwater_triggers_total", source="poll") > polls
         assert d.metric("headwater_sync_results_total", instance="dev", outcome="invalid") == 1
         assert d.instance("dev")["attempted_at"] == attempted_at
+        # skipped poll after poll, the head is still invalid: that stays its verdict
+        assert (d.instance("dev")["last_result"], d.instance("dev")["verdict"]) == ("skipped", "invalid")
 
         fixed = remote.commit(
             "dev", {**dict.fromkeys(INVALID_FLOW), f"{FLOW_DIR}/fixed.yaml": flow("fixed")}

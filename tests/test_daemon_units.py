@@ -27,7 +27,13 @@ from headwater.daemon.mirror import (
     local_git_dir,
     parse_remote,
 )
-from headwater.daemon.runtime import first_error, instance_map, permanent_failure, rolled_back_from
+from headwater.daemon.runtime import (
+    failure_verdict,
+    first_error,
+    instance_map,
+    permanent_failure,
+    rolled_back_from,
+)
 from headwater.daemon.triggers import ALL, TriggerBoard, Waker, backoff_delay, poll_delay
 from headwater.errors import ConfigError
 from headwater.state import HistoryEntry, InstanceState
@@ -460,6 +466,9 @@ def test_which_failures_are_retried() -> None:
     assert not permanent_failure(state("apply.failed"))
     assert not permanent_failure(state("interrupted"))
     assert not permanent_failure(InstanceState("dev", outcome="applied"))
+    # the verdict a skip of that head keeps
+    assert failure_verdict(state("flow.id-mismatch", "yaml.syntax")) == "invalid"
+    assert failure_verdict(state("prune.refused")) == failure_verdict(state("sync.refused")) == "refused"
     assert first_error(state("a", "b").errors) == "[a] m (+1 more)"
     assert (
         first_error(({"path": "f.yaml", "line": 3, "code": "c", "message": "m"},))

@@ -16,6 +16,8 @@ from headwater.state import HistoryEntry, InstanceState
 
 # Error codes of attempts that failed for a passing reason: retried (with backoff).
 TRANSIENT_CODES = frozenset({"apply.failed", "interrupted"})
+# Codes of a plan refused (``refused``); a permanent failure with none of them is ``invalid``.
+REFUSED_CODES = frozenset({"prune.refused", "sync.refused"})
 # Outcomes after which the instance has no verdict yet.
 NO_VERDICT = frozenset({"locked"})
 
@@ -66,6 +68,9 @@ class SyncResult:
     error: str | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
     verdict: bool = True
+    # The verdict it stands for, when not its outcome: a head skipped because it failed for
+    # good keeps that failure's verdict (``invalid``, ``refused``), poll after poll.
+    verdict_of: str | None = None
     transient: bool = False
     incremental: bool = False
     loaded: tuple[str, ...] = ()  # tenants loaded for it (the first change to reach them)
@@ -76,6 +81,11 @@ def permanent_failure(state: InstanceState) -> bool:
     if state.outcome != "failed" or not state.errors:
         return False
     return not {str(e.get("code")) for e in state.errors} & TRANSIENT_CODES
+
+
+def failure_verdict(state: InstanceState) -> str:
+    """The verdict of a permanent failure (``permanent_failure``): refused or invalid."""
+    return "refused" if {str(e.get("code")) for e in state.errors} & REFUSED_CODES else "invalid"
 
 
 def first_error(errors: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> str | None:

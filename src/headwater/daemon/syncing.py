@@ -19,6 +19,7 @@ from headwater.daemon.runtime import (
     NO_VERDICT,
     InstanceRuntime,
     SyncResult,
+    failure_verdict,
     first_error,
     permanent_failure,
     rolled_back_from,
@@ -72,7 +73,7 @@ def sync(d: Daemon, rt: InstanceRuntime, reason: str) -> None:
         rt.target_revision = target_revision
         rt.lock_holder = result.error if result.outcome == "locked" else None
         if result.verdict and result.outcome not in NO_VERDICT:
-            rt.verdict = result.outcome
+            rt.verdict = result.verdict_of or result.outcome
         if result.transient:
             rt.failures += 1
             rt.retry_at = time.monotonic() + backoff_delay(
@@ -181,7 +182,7 @@ def attempt(d: Daemon, rt: InstanceRuntime, reason: str) -> SyncResult:
             return SyncResult("up_to_date", head)
         if head == state.attempted_revision and permanent_failure(state):
             if not (rt.heal and state.applied_revision):
-                return SyncResult("skipped", head, first_error(state.errors))
+                return SyncResult("skipped", head, first_error(state.errors), verdict_of=failure_verdict(state))
             candidate = state.applied_revision
         rollback = rolled_back_from(d.store.history(name, 200), head)
         if rollback is not None and not rt.heal:
