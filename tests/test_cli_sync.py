@@ -516,6 +516,28 @@ def test_a_missing_plan_file_and_an_unwritable_out(hw: Headwater, tmp_path: Path
     assert "cannot write plan file" in one_clear_line(result.err)
 
 
+def test_a_plan_file_is_written_whole_or_not_at_all(
+    hw: Headwater, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "plans" / "dev.json"
+    out.parent.mkdir()
+    assert hw.plan("dev", "--out", str(out)).code == 0
+    saved = out.read_bytes()
+    assert json.loads(saved) == json.loads(hw.plan("dev", "-o", "json").out)
+    real = render.write_plan_json
+
+    def disk_full(plan: Plan, write: Any) -> None:
+        real(plan, write)  # all of it, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(render, "write_plan_json", disk_full)
+    commit_on(hw, {"tenants/acme/company/flows/hello.yaml": HELLO_DEV})
+    result = hw.plan("dev", "--out", str(out))
+    assert result.code == 1 and "cannot write plan file" in one_clear_line(result.err)
+    assert "No space left on device" in result.err
+    assert out.read_bytes() == saved and sorted(out.parent.iterdir()) == [out]
+
+
 def test_a_state_dir_that_is_a_file(hw: Headwater, tmp_path: Path) -> None:
     hw.state = tmp_path / "state-file"
     hw.state.write_text("not a directory\n")

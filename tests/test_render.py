@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -312,3 +313,33 @@ def test_applying_with_an_inventory_keeps_unmanaged(
     doc = json.loads(render.plan_json(plan))
     assert not list(PLAN_VALIDATOR.iter_errors(doc))
     assert Plan.from_json(doc) == plan
+
+
+# --- the JSON plan, written a change at a time -----------------------------------------------
+
+
+def whole_json(plan: Plan) -> str:
+    return json.dumps(plan.to_json(), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+@settings(max_examples=200, deadline=None)
+@given(desired=states, actual=states, managed=states)
+def test_the_json_plan_written_change_by_change_is_the_whole_documents_text(
+    desired: State, actual: State, managed: State
+) -> None:
+    plan = plan_of(desired, actual, managed=hashes(managed))
+    pieces: list[str] = []
+    render.write_plan_json(plan, pieces.append)
+    assert "".join(pieces) == render.plan_json(plan) == whole_json(plan_of(desired, actual, managed=hashes(managed)))
+
+
+def test_writing_the_json_plan_keeps_no_diff() -> None:
+    plan = sample_plan()
+    assert any(c._pending is not None for c in plan.changes)
+    pending = [c for c in plan.changes if c._pending is not None]
+    text = render.plan_json(plan)
+    assert all(c._pending is not None and c._diff is None for c in pending)  # made, written, let go
+    assert text == whole_json(sample_plan())
+    assert text == whole_json(plan)  # and the plan still gives the same diffs when asked
+    for empty in (plan_of({}, {}), dataclasses.replace(plan, changes=(), drift=(), unmanaged=())):
+        assert render.plan_json(empty) == whole_json(empty)

@@ -136,7 +136,11 @@ class Change:
     def __reduce__(self) -> tuple[type[Change], tuple[Any, ...]]:
         return (Change, self._values())
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, *, keep_diff: bool = True) -> dict[str, Any]:
+        """Plain JSON data; without ``keep_diff``, a diff not computed yet is computed for it
+        and not kept (a writer going through a large plan once)."""
+        pending = self._pending
+        diff = _diff(pending[0], pending[1], pending[2]) if pending is not None and not keep_diff else self.diff
         return {
             **_key_json(self.key),
             "address": str(self.key),
@@ -147,7 +151,7 @@ class Change:
             "sensitive": self.sensitive,
             "drift": self.drift,
             "source": self.source,
-            "diff": self.diff,
+            "diff": diff,
         }
 
     @classmethod
@@ -221,8 +225,10 @@ class Plan:
             groups.setdefault((change.key.tenant, change.key.namespace), []).append(change)
         return {ns: tuple(groups[ns]) for ns in sorted(groups)}
 
-    def to_json(self) -> dict[str, Any]:
-        """Plain JSON data, described by ``schemas/plan.schema.json``; no secret value."""
+    def to_json(self, *, changes: bool = True) -> dict[str, Any]:
+        """Plain JSON data, described by ``schemas/plan.schema.json``; no secret value.
+        Without ``changes``, their list is left empty (for a writer that writes them one by
+        one: ``render.write_plan_json``)."""
         return {
             "format_version": FORMAT_VERSION,
             "instance": self.instance,
@@ -230,7 +236,7 @@ class Plan:
             "base": self.base,
             "fingerprint": self.fingerprint,
             "summary": self.summary(),
-            "changes": [change.to_json() for change in self.changes],
+            "changes": [change.to_json() for change in self.changes] if changes else [],
             "drift": [_key_json(key) for key in self.drift],
             "unmanaged": [_key_json(key) for key in self.unmanaged],
         }

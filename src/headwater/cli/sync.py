@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -122,11 +123,13 @@ def plan(
             result = engine.plan(instance, rev or default_rev(engine.repo, instance))
     warn_missing_secrets(result)
     if out_file:
-        try:
-            Path(out_file).write_text(render.plan_json(result.plan) + "\n", "utf-8")
-        except OSError as exc:
-            raise HeadwaterError(f"cannot write plan file {out_file}: {exc.strerror}") from None
-    click.echo(_render(result.plan, fmt, no_color))
+        _save_plan(result.plan, Path(out_file))
+    if fmt == "json":  # written a change at a time (see render.write_plan_json)
+        with _Batched(lambda text: click.echo(text, nl=False)) as out:
+            render.write_plan_json(result.plan, out.write)
+        click.echo()
+    else:
+        click.echo(_render(result.plan, fmt, no_color))
     if detailed_exitcode and not result.plan.is_empty:
         sys.exit(2)
 
@@ -192,6 +195,58 @@ def apply(
         + (f", {counts['drift']} drifted restored" if counts.get("drift") else "")
         + "."
     )
+
+
+def _save_plan(plan: Plan, path: Path) -> None:
+    """The plan's JSON into ``path``, whole or not at all (written aside, then renamed)."""
+    def refused(exc: OSError) -> HeadwaterError:
+        return HeadwaterError(f"cannot write plan file {path}: {exc.strerror}")
+
+    try:
+        aside = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below, renamed or removed)
+            "w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.", delete=False
+        )
+    except OSError as exc:
+        raise refused(exc) from None
+    try:
+        with aside, _Batched(aside.write) as out:
+            render.write_plan_json(plan, out.write)
+            out.write("\n")
+        os.replace(aside.name, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(aside.name)  # what a write that failed part way left
+        if isinstance(exc, OSError):
+            raise refused(exc) from None
+        raise
+
+
+class _Batched:
+    """Text gathered into writes of about a megabyte (a plan is written in many small
+    pieces; each ``click.echo`` flushes)."""
+
+    def __init__(self, write: Callable[[str], object], size: int = 1 << 20) -> None:
+        self._write, self._size = write, size
+        self._pieces: list[str] = []
+        self._length = 0
+
+    def write(self, text: str) -> None:
+        self._pieces.append(text)
+        self._length += len(text)
+        if self._length >= self._size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pieces:
+            self._write("".join(self._pieces))
+            self._pieces, self._length = [], 0
+
+    def __enter__(self) -> _Batched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.flush()
 
 
 class _Spool:
