@@ -255,7 +255,11 @@ def test_old_revisions_are_pruned_once_each_apply_is_reported(tmp_path: Path) ->
             d.send(signal.SIGHUP)
             d.wait_applied("dev", shas[-1])
         target = LocalTarget(tmp_path / "instances" / "dev")
-        d.wait(lambda: len(target.revisions()) == 2, "the old revisions to be pruned")
+        # pruning renames the old revisions away first, then removes them with their spaces
+        d.wait(
+            lambda: len(target.revisions()) == 2 and debris(tmp_path / "instances" / "dev") == [],
+            "the old revisions to be pruned",
+        )
         assert target.revisions() == [shas[-1], shas[-2]]  # keep 1, and the previous one
         assert consistent(tmp_path, "dev") == shas[-1]
         assert not any(e.get("event") == "prune.failed" for e in d.events())
