@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import sqlite3
 import stat
 import subprocess
@@ -522,6 +523,12 @@ def test_a_plan_file_is_written_whole_or_not_at_all(
     out = tmp_path / "plans" / "dev.json"
     out.parent.mkdir()
     assert hw.plan("dev", "--out", str(out)).code == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask  # as any file the user writes
+    out.chmod(0o640)
+    assert hw.plan("dev", "--out", str(out)).code == 0
+    assert stat.S_IMODE(out.stat().st_mode) == 0o640  # a file there keeps its permissions
     saved = out.read_bytes()
     assert json.loads(saved) == json.loads(hw.plan("dev", "-o", "json").out)
     real = render.write_plan_json

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -212,6 +213,7 @@ def _save_plan(plan: Plan, path: Path) -> None:
         with aside, _Batched(aside.write) as out:
             render.write_plan_json(plan, out.write)
             out.write("\n")
+        os.chmod(aside.name, _mode_of(path))
         os.replace(aside.name, path)
     except BaseException as exc:
         with contextlib.suppress(OSError):
@@ -219,6 +221,17 @@ def _save_plan(plan: Plan, path: Path) -> None:
         if isinstance(exc, OSError):
             raise refused(exc) from None
         raise
+
+
+def _mode_of(path: Path) -> int:
+    """The permissions a file written at ``path`` gets: those of the file there, or what the
+    umask leaves of rw-rw-rw- (a temporary file is created rw-------)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
 
 
 class _Batched:
