@@ -286,7 +286,10 @@ class Engine:
             read.update(ahead.read)
         else:
             hashes, read = self._blob_hashes(oids)
-        blobs = _with_read(self.repo, read, oids) if content else ahead.read if ahead is not None else {}
+        if content:
+            blobs = _with_read(self.repo, read, oids)
+        else:  # what was read ahead is at hand: its content costs nothing
+            blobs = ahead.read if ahead is not None else {}
         if base is None:
             state: State = {}
             calls: dict[ResourceKey, set[ResourceKey]] = {}
