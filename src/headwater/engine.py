@@ -146,6 +146,11 @@ class _Counted:
     size: int  # resources in the desired state
     missing: list[ResourceKey]  # secrets declared without a value
 
+    def plan(self, instance: str, revision: str, base: str | None) -> planning.Plan:
+        """The plan counted, without its changes (``Plan.counted``)."""
+        counts = self.counts
+        return planning.Plan(instance, revision, base, (), (), (), "", counts["unchanged"], counts)
+
 
 @dataclass(frozen=True)
 class PlanResult:
@@ -433,15 +438,12 @@ class Engine:
     def _plan_by_tenant(self, instance: str, pieces: snapshot.Pieces, each: Each) -> PlanResult:
         revision = pieces.revision
         _defined(instance, revision, pieces.instances)
-        target = self.target(instance)
-        base = target.current_revision()
-        gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys()
-        first = self._count_by_tenant(instance, pieces, base, sorted(gone), each=each, stage=False)
+        base = self.target(instance).current_revision()
+        first = self._count_by_tenant(instance, pieces, base, each=each, stage=False)
         errors = [d for d in first.report if d.severity == "error"]
         if errors:
             raise ValidationFailed(errors, revision)
-        counts = first.counts
-        result = planning.Plan(instance, revision, base, (), (), (), "", counts["unchanged"], counts)
+        result = first.plan(instance, revision, base)
         return PlanResult(result, Desired(revision, {}, {}, {}, tuple(first.missing)), first.outside)
 
     @heap.paused()
@@ -587,16 +589,14 @@ class Engine:
             self.reconcile(instance)
             base = target.current_revision()
             managed_size = self.store.inventory_size(instance)
-            gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys()
             self.store.unstage(instance)
             try:
-                first = self._count_by_tenant(instance, pieces, base, sorted(gone), lock=lock, each=each)
+                first = self._count_by_tenant(instance, pieces, base, lock=lock, each=each)
                 errors = [d for d in first.report if d.severity == "error"]
                 if errors:
                     self.store.record_failure(instance, revision, [d.to_json() for d in errors])
                     raise ValidationFailed(errors, revision)
-                counts = first.counts
-                result = planning.Plan(instance, revision, base, (), (), (), "", counts["unchanged"], counts)
+                result = first.plan(instance, revision, base)
                 self._guard(instance, result, managed_size, spec.max_delete_percent, allow_mass_delete, confirm)
                 found = snapshot.summary_of(first.tenants, first.report)
                 kept = snapshot.unloaded(first.outside, instance, found)
@@ -612,7 +612,7 @@ class Engine:
 
                 def write() -> None:
                     with target.staged(revision, base, changing) as stage:
-                        for tenant in sorted(changing.keys() - gone):
+                        for tenant in sorted(changing.keys() & pieces.folders.keys()):
                             self._write_tenant(instance, pieces, tenant, changing[tenant], stage)
                             lock.refresh(LOCK_TTL)
 
@@ -625,11 +625,12 @@ class Engine:
         return PlanResult(result, desired, kept)
 
     def _count_by_tenant(
-        self, instance: str, pieces: snapshot.Pieces, base: str | None, gone: list[str], *, plan: bool = True,
+        self, instance: str, pieces: snapshot.Pieces, base: str | None, *, plan: bool = True,
         lock: Lock | None = None, each: Each | None = None, stage: bool = True,
     ) -> _Counted:
-        """The first pass of ``_apply_by_tenant`` (see ``_Counted``); without ``plan``, the
-        report and tenants only. The instance's ``lock``, when given, is extended after each
+        """The first pass of ``_apply_by_tenant`` (see ``_Counted``): the commit's tenant
+        folders, and with ``plan`` the tenants the instance holds that the commit has not (the
+        target's and the store's); without ``plan``, the report and tenants only. The instance's ``lock``, when given, is extended after each
         tenant. ``each`` is given each tenant's whole plan, in order, while the report has no
         error. Without ``stage``, nothing is staged and ``changing`` stays empty (a plan)."""
         target, revision = self.target(instance), pieces.revision
@@ -640,23 +641,28 @@ class Engine:
         size, missing = 0, list[ResourceKey]()
         outside = snapshot.piece(self.repo, pieces, instance, None, cache=self.cache)
         report.update(outside.report([instance]))
+        failed = _has_error(report)  # once it has, only the report matters (the commit is refused)
         checks: dict[NsKey, list[Diagnostic]] = {}
         checked = 0  # namespaces the instance sees
+        gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys() if plan else set()
         for folder in sorted({*pieces.folders, *gone}):  # the order of a whole plan's namespaces
             if lock is not None:
                 lock.refresh(LOCK_TTL)
             desired = Desired(revision, {}, {}, {}, ())  # a tenant gone from the commit
             if folder in pieces.folders:
                 snap = snapshot.piece(self.repo, pieces, instance, folder, cache=self.cache)
-                report.update(snap.report([instance]))
+                found = snap.report([instance])
+                report.update(found)
+                failed = failed or _has_error(found)
                 names += snap.layout.tenants
-                checks.update(snapshot.checks_of(snap.view(instance)))
-                checked += len(snap.view(instance).namespaces)
-                if not plan or any(d.severity == "error" for d in report):
-                    continue  # only the report matters (the commit is refused)
+                view = snap.view(instance)
+                checks.update(snapshot.checks_of(view))
+                checked += len(view.namespaces)
+                if not plan or failed:
+                    continue
                 desired = self.desired(snap, instance, content=False)
-                del snap
-            elif any(d.severity == "error" for d in report):
+                del snap, view
+            elif failed:
                 continue
             managed = self.store.inventory(instance, tenant=folder)
             actual = target.inventory(folder)
@@ -868,7 +874,7 @@ class Engine:
         if snap is None:
             pieces = snapshot.split(self.repo, revision)
             if instance in pieces.instances:
-                first = self._count_by_tenant(instance, pieces, None, [], plan=False)
+                first = self._count_by_tenant(instance, pieces, None, plan=False)
                 found = snapshot.summary_of(first.tenants, first.report)
                 snap = snapshot.unloaded(first.outside, instance, found)
         report = self.check(snap, instance) if snap is not None and instance in snap.instances else None
@@ -1026,6 +1032,10 @@ def _calls(view: snapshot.InstanceView, tenants: Collection[str] | None = None) 
         for fid, info in ns.flows.items()
         if info.refs is not None
     }
+
+
+def _has_error(diagnostics: Iterable[Diagnostic]) -> bool:
+    return any(d.severity == "error" for d in diagnostics)
 
 
 def _shown(each: Each, confirm: Callable[[planning.Plan], bool] | None) -> Callable[[planning.Plan], bool]:

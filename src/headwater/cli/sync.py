@@ -21,6 +21,7 @@ from headwater.engine import Engine, PlanResult, read_plan_file, status_of
 from headwater.errors import HeadwaterError, PlanRefused
 from headwater.gitrepo import GitRepo
 from headwater.plan import Plan
+from headwater.promote import instance_spec
 from headwater.snapshot import instances as instances_at
 from headwater.state import StateStore
 
@@ -44,11 +45,7 @@ def engine_for(repo_path: str, config_path: str | None, state_dir: str | None) -
 
 def default_rev(repo: GitRepo, instance: str) -> str:
     """The branch an instance follows, read from headwater.yaml at HEAD."""
-    defined = instances_at(repo, "HEAD")
-    spec = defined.get(instance)
-    if spec is None:
-        known = ", ".join(sorted(defined)) or "none"
-        raise HeadwaterError(f"unknown instance {instance!r}", hint=f"instances in headwater.yaml: {known}")
+    _, spec = instance_spec(repo, instance)
     for candidate in (spec.branch, f"origin/{spec.branch}"):
         sha = repo.try_resolve(candidate)
         if sha is not None:
@@ -210,9 +207,9 @@ def _save_plan(plan: Plan, path: Path) -> None:
     except OSError as exc:
         raise refused(exc) from None
     try:
-        with aside, _Batched(aside.write) as out:
-            render.write_plan_json(plan, out.write)
-            out.write("\n")
+        with aside:
+            render.write_plan_json(plan, aside.write)
+            aside.write("\n")
         os.chmod(aside.name, _mode_of(path))
         os.replace(aside.name, path)
     except BaseException as exc:
@@ -270,17 +267,14 @@ class _Spool:
 
     def __init__(self, color: bool) -> None:
         self.color = color
-        self.stack = contextlib.ExitStack()
         self.text: render.PlanText | None = None
 
     def __enter__(self) -> _Spool:
-        self.file = self.stack.enter_context(
-            tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass")
-        )
+        self.file = tempfile.TemporaryFile("w+", encoding="utf-8", errors="surrogatepass")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stack.close()
+        self.file.close()
 
     def add(self, part: Plan) -> None:
         if self.text is None:
