@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -30,10 +33,33 @@ def test_parallel_results_equal_sequential(sample: Path, monkeypatch: pytest.Mon
         parallel = flowbatch.validate_many(repo, items, registry, [])
         monkeypatch.setattr(flowbatch, "CHUNK", 1)  # one flow per chunk: shared out one by one
         chunked = flowbatch.validate_many(repo, items, registry, [])
+        with _another_thread():  # spawned workers, as in the daemon
+            assert flowbatch._start_method().get_start_method() == "spawn"
+            spawned = flowbatch.validate_many(repo, items, registry, [])
     assert len(items) > 3
     assert parallel.keys() == sequential.keys() == {item[1] for item in items}
-    assert parallel == sequential == chunked
+    assert parallel == sequential == chunked == spawned
     assert any(diags for diags, _refs in parallel.values())  # the bad flow is reported by either path
+
+
+@contextlib.contextmanager
+def _another_thread() -> Iterator[None]:
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_workers_are_forked_only_by_a_process_without_other_threads() -> None:
+    """A fork would copy the locks other threads hold (the daemon's), so they get spawned."""
+    assert threading.active_count() == 1
+    assert flowbatch._start_method().get_start_method() == "fork"
+    with _another_thread():
+        assert flowbatch._start_method().get_start_method() == "spawn"
 
 
 def test_workers_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,9 +81,11 @@ def test_the_callers_other_work_runs_once_and_its_error_is_its_own(
     monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
     monkeypatch.setenv("HEADWATER_WORKERS", workers)
     ran: list[int] = []
+    given: list[Mapping[str, bytes]] = []
 
-    def meanwhile() -> None:
+    def meanwhile(blobs: Mapping[str, bytes]) -> None:
         ran.append(1)
+        given.append(dict(blobs))
         if fails:
             raise OSError(2, "the caller's own failure")
 
@@ -70,6 +98,8 @@ def test_the_callers_other_work_runs_once_and_its_error_is_its_own(
         else:
             results = flowbatch.validate_many(repo, items, registry, [], meanwhile=meanwhile)
             assert results.keys() == {item[1] for item in items}
+        # it is given the items' blobs, read once for it and the validation
+        assert given == [repo.read_blobs(oid for (oid, *_rest) in items)]
     assert ran == [1]
 
 

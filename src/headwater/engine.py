@@ -229,7 +229,9 @@ class Engine:
         if ahead is None:
             return snapshot.load(self.repo, rev, cache=self.cache, listed=listed)
 
-        def read_ahead(tree: layout.Layout, instances: Mapping[str, snapshot.InstanceSpec]) -> None:
+        def read_ahead(
+            tree: layout.Layout, instances: Mapping[str, snapshot.InstanceSpec], flows: Mapping[str, bytes]
+        ) -> None:
             spec = instances.get(ahead.instance)
             if spec is None:
                 return  # undefined: the check reports it
@@ -239,7 +241,7 @@ class Engine:
                 for ns in tenant.namespaces.values()
                 for entry in (*ns.flows.values(), *ns.files.values())
             }
-            ahead.hashes, ahead.read = self._blob_hashes(oids)
+            ahead.hashes, ahead.read = self._blob_hashes(oids, at_hand=flows)
 
         return snapshot.load(self.repo, rev, cache=self.cache, meanwhile=read_ahead, listed=listed)
 
@@ -359,14 +361,17 @@ class Engine:
                 ns_keys[(tenant, name)] = tuple(here)
         return Desired(snap.revision, state, calls, secret_values, tuple(missing), sources, ns_keys, read)
 
-    def _blob_hashes(self, oids: set[str]) -> tuple[dict[str, tuple[str, bool]], dict[str, bytes]]:
+    def _blob_hashes(
+        self, oids: set[str], *, at_hand: Mapping[str, bytes] | None = None
+    ) -> tuple[dict[str, tuple[str, bool]], dict[str, bytes]]:
         """sha256 and binary flag of each blob, from the cache or read once and remembered;
-        and the blobs it read."""
+        and the blobs it read. The blobs among ``oids`` that are ``at_hand`` are not read
+        again, and are among the blobs returned."""
         result = self.cache.blob_hashes(oids)
-        fresh: dict[str, tuple[str, bool]] = {}
-        read = self.repo.read_blobs([o for o in oids if o not in result])
-        for oid, data in read.items():
-            result[oid] = fresh[oid] = (content_hash(data), is_binary(data))
+        read = {o: at_hand[o] for o in oids if o in at_hand} if at_hand else {}
+        read.update(self.repo.read_blobs([o for o in oids if o not in result and o not in read]))
+        fresh = {oid: (content_hash(data), is_binary(data)) for oid, data in read.items() if oid not in result}
+        result.update(fresh)
         self.cache.put_blob_hashes(fresh)
         return result, read
 

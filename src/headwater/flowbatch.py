@@ -1,9 +1,11 @@
 """Validating many flows at once, on every core.
 
 A cold load of a large repository spends most of its time parsing and checking flows, each
-independent of the others. Above a threshold the work is split: worker processes (spawned,
-never forked, so a daemon's threads are safe) read their own blobs through their own
-``git cat-file --batch`` and validate them while this process does its share.
+independent of the others. Above a threshold the work is split: this process reads the blobs
+(one ``git cat-file --batch``) and hands them out in chunks to worker processes, which only
+validate, while this process does its share. A process running no other thread (the CLI)
+forks the workers: they start at once, with everything imported. One that does (the daemon)
+spawns them, since a fork would copy the locks its other threads hold.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.context import BaseContext
 
 from headwater.errors import Diagnostic
 from headwater.flows import validate_flow
-from headwater.gitrepo import BlobReader, GitRepo
+from headwater.gitrepo import GitRepo
 from headwater.kestra_types import TypeRegistry
 from headwater.rules.flow_rules import FlowReferences, flow_references
 
@@ -25,6 +29,7 @@ log = logging.getLogger(__name__)
 
 Item = tuple[str, str, str, str]  # blob id, path, expected flow id, expected namespace
 Result = tuple[list[Diagnostic], FlowReferences | None]
+Blobs = Mapping[str, bytes]  # content by blob id
 
 PARALLEL_MIN = 1500  # below this, starting a process costs more than it saves
 CHUNK = 250  # flows per piece of work: small enough to even out, large enough to batch reads
@@ -35,31 +40,34 @@ def validate_many(
     items: Sequence[Item],
     registry: TypeRegistry,
     extra_types: Sequence[str],
-    meanwhile: Callable[[], None] | None = None,
+    meanwhile: Callable[[Blobs], None] | None = None,
 ) -> dict[str, Result]:
     """Validation result of every item, by path.
 
-    The items are cut into chunks, all queued for the workers; this process takes chunks from
-    the far end of the queue (those no worker has started), so the work splits evenly however
-    long the workers take to start. ``meanwhile`` is other work of the caller's, done in this
-    process while the workers start.
+    The items are cut into chunks, each queued for the workers as soon as its blobs are read;
+    this process then takes chunks from the far end of the queue (those no worker has
+    started), so the work splits evenly however long the workers take to start.
+    ``meanwhile`` is other work of the caller's, done in this process while the workers
+    validate; it is given the items' blobs, all read by then.
     """
     workers = _workers() if len(items) >= PARALLEL_MIN else 0
     if workers <= 0:
-        if meanwhile is not None:
-            meanwhile()
-        return _validate(repo.read_blobs, items, registry)
+        return _alone(repo, items, registry, meanwhile)
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
+    blobs: dict[str, bytes] = {}
     try:
-        with (
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool,
-            repo.blob_reader() as reader,
-        ):
-            futures = [pool.submit(_worker, str(repo.git_dir), list(extra_types), list(c)) for c in chunks]
+        # The reader outlives the pool: a forked worker holds a copy of its pipes until the
+        # pool ends, and closing the reader waits for its Git to see them closed.
+        with repo.blob_reader() as reader, ProcessPoolExecutor(workers, mp_context=_start_method()) as pool:
+            futures: list[Future[dict[str, Result]]] = []
+            for chunk in chunks:
+                read = reader.read(oid for (oid, _p, _f, _n) in chunk)
+                blobs.update(read)
+                futures.append(pool.submit(_worker, list(extra_types), read, list(chunk)))
             if meanwhile is not None:
                 run, meanwhile = meanwhile, None  # once, whatever happens
                 try:
-                    run()
+                    run(blobs)
                 except BaseException as exc:  # the caller's error, not the pool's
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise _CallerFailed() from exc
@@ -67,7 +75,7 @@ def validate_many(
             for chunk, future in zip(reversed(chunks), reversed(futures), strict=True):
                 if not future.cancel():
                     break  # a worker has it, and every chunk before it
-                results.update(_validate(reader.read, chunk, registry))
+                results.update(_validate(blobs, chunk, registry))
             for future in futures:
                 if not future.cancelled():
                     results.update(future.result())
@@ -77,13 +85,27 @@ def validate_many(
         raise failed.__cause__ from None
     except (BrokenProcessPool, OSError) as exc:  # no processes here: do it all in this one
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
-        if meanwhile is not None:
-            meanwhile()
-        return _validate(repo.read_blobs, items, registry)
+        return _alone(repo, items, registry, meanwhile)
+
+
+def _alone(
+    repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, meanwhile: Callable[[Blobs], None] | None
+) -> dict[str, Result]:
+    blobs = repo.read_blobs(oid for (oid, _p, _f, _n) in items)
+    if meanwhile is not None:
+        meanwhile(blobs)
+    return _validate(blobs, items, registry)
 
 
 class _CallerFailed(Exception):
     """Carries an error of ``meanwhile`` past the pool's own error handling."""
+
+
+def _start_method() -> BaseContext:
+    """fork when this process runs no other thread, else spawn (see the module's text)."""
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def _workers() -> int:
@@ -94,10 +116,7 @@ def _workers() -> int:
     return min((os.cpu_count() or 1) - 1, 7)
 
 
-def _validate(
-    read: Callable[[Iterable[str]], dict[str, bytes]], items: Sequence[Item], registry: TypeRegistry
-) -> dict[str, Result]:
-    blobs = read(oid for (oid, _p, _f, _n) in items)
+def _validate(blobs: Blobs, items: Sequence[Item], registry: TypeRegistry) -> dict[str, Result]:
     results: dict[str, Result] = {}
     for oid, path, flow_id, namespace in items:
         doc, found = validate_flow(
@@ -108,19 +127,14 @@ def _validate(
     return results
 
 
-# A worker process keeps its repository, its ``git cat-file`` and its type registry from
-# one chunk to the next.
-_WORKER_STATE: dict[tuple[str, tuple[str, ...]], tuple[GitRepo, BlobReader, TypeRegistry]] = {}
+# A worker process keeps its type registry from one chunk to the next.
+_REGISTRIES: dict[tuple[str, ...], TypeRegistry] = {}
 
 
-def _worker(git_dir: str, extra_types: list[str], items: list[Item]) -> dict[str, Result]:
-    key = (git_dir, tuple(extra_types))
-    state = _WORKER_STATE.get(key)
-    if state is None:
-        for repo, reader, _registry in _WORKER_STATE.values():
-            reader.close()
-            repo.close()
-        _WORKER_STATE.clear()
-        repo = GitRepo(git_dir)
-        state = _WORKER_STATE[key] = (repo, repo.blob_reader(), TypeRegistry.builtin(extra_types))
-    return _validate(state[1].read, items, state[2])
+def _worker(extra_types: list[str], blobs: dict[str, bytes], items: list[Item]) -> dict[str, Result]:
+    key = tuple(extra_types)
+    registry = _REGISTRIES.get(key)
+    if registry is None:
+        _REGISTRIES.clear()
+        registry = _REGISTRIES[key] = TypeRegistry.builtin(extra_types)
+    return _validate(blobs, items, registry)

@@ -253,9 +253,9 @@ def _parse_config(data: bytes, path: str, oid: str, schema: str) -> tuple[yamlio
 
 # -- loading ---------------------------------------------------------------------------------
 
-# Work of a caller's on a commit's layout (given with its instances), done while worker
-# processes validate the commit's flows.
-Meanwhile = Callable[[layout.Layout, Mapping[str, InstanceSpec]], None]
+# Work of a caller's on a commit's layout (given with its instances and the blobs of the flows
+# being validated, by blob id), done while worker processes validate the commit's flows.
+Meanwhile = Callable[[layout.Layout, Mapping[str, InstanceSpec], Mapping[str, bytes]], None]
 
 
 @heap.paused()
@@ -474,10 +474,10 @@ def _load(
             if doc is not None:
                 configs[entry.path] = doc
 
-    def own_work() -> None:
+    def own_work(flow_blobs: Mapping[str, bytes]) -> None:
         parse_configs()
         if meanwhile is not None:
-            meanwhile(tree, root.instances)
+            meanwhile(tree, root.instances, flow_blobs)
 
     todo = [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
     # The configs are parsed here while the validation workers start on the flows.
