@@ -7,9 +7,11 @@ from textwrap import dedent
 from typing import Any
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from headwater import schemas
 from headwater.errors import Diagnostic
 from headwater.kestra_types import TypeRegistry
 from headwater.rules.flow_rules import (
@@ -552,3 +554,67 @@ def test_references_survive_pickling_as_the_same_records() -> None:
         FileRef, SecretRef, FlowTarget, TypeUse,
     )
     assert again.subflows[0].flow_id == "ingest" and dict(again.plugin_defaults[0].values) == {"level": "WARN"}
+
+
+def _walked(document: Document) -> Document:
+    """The same document without what the loader noted: references then walk the value."""
+    return Document(document.path, document.value, document.marks)
+
+
+def test_the_loaders_mentions_give_the_references_a_walk_gives() -> None:
+    """Mentions are noted while loading, anchors and aliases included: an alias repeats its
+    anchor's mentions at its own mark, as a walk of the value finds them there."""
+    text = HEAD + dedent("""\
+        variables: &vars
+          token: "{{ secret('A') }}"
+          "{{ read('key.sql') }}": x
+          plain: 12
+        tasks:
+          - id: t
+            type: io.kestra.plugin.core.log.Log
+            message: *vars
+            sql: &sql "{{ read('b.sql') }} nsfile:///c.txt"
+            again: *sql
+            list: [*sql, "{{ secret('B') }}", *vars, 3]
+            nested: {deep: [{key: "{{ secret('C') }}"}]}
+            "secret(": value
+            "read": not a call
+        """)
+    loaded = doc(text)
+    assert loaded.mentions is not None
+    refs = flow_references(loaded)
+    assert refs == flow_references(_walked(loaded))
+    assert [(s.name, s.line) for s in refs.secrets] == [
+        ("A", 4), ("A", 10), ("B", 13), ("A", 13), ("C", 14),
+    ]
+    assert [(f.path, f.via, f.line) for f in refs.files] == [
+        ("key.sql", "read", 5), ("key.sql", "read", 10), ("b.sql", "read", 11),
+        ("c.txt", "nsfile", 11), ("b.sql", "read", 12), ("c.txt", "nsfile", 12),
+        ("b.sql", "read", 13), ("c.txt", "nsfile", 13), ("key.sql", "read", 13),
+    ]
+
+
+mention_values = st.recursive(
+    st.none() | st.integers() | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["x", "{{ read('a.sql') }}", "{{ secret('S') }}", "nsfile:///f.txt",
+                       "read", "secret(", "{{ read('b.sql', namespace='o') }}"]),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(
+        st.sampled_from(["id", "k", "{{ read('k.sql') }}", "secret('K')", "nsfile:///k", "read"]),
+        children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.dictionaries(st.sampled_from(["id", "tasks", "variables", "labels"]), mention_values,
+                             min_size=1, max_size=4),
+       share=st.booleans())
+def test_the_loaders_mentions_and_plainness_match_a_walk(value: dict[str, Any], share: bool) -> None:
+    """Whatever the shape, what the loader noted is what a walk of the value finds; a value
+    repeated in the document is written once with an anchor, then as aliases."""
+    if share:
+        value = {**value, "again": value.get("tasks"), "more": [value.get("tasks"), value.get("labels")]}
+    text = yaml.dump(value, sort_keys=False)
+    loaded = load(text.encode(), PATH)
+    assert flow_references(loaded) == flow_references(_walked(loaded))
+    assert loaded.plain == schemas._plain_json(loaded.value)

@@ -142,12 +142,13 @@ def _plain_json(value: Any) -> bool:
     return True
 
 
-def is_valid(value: Any, schema_name: str) -> bool:
+def is_valid(value: Any, schema_name: str, *, plain: bool = False) -> bool:
     """Whether ``value`` satisfies the schema: jsonschema-rs's verdict, or ``jsonschema``'s for a
-    value jsonschema-rs would misread."""
+    value jsonschema-rs would misread. ``plain``: the value is known to be plain JSON
+    (``Document.plain``), and is not checked again."""
     name = _file_name(schema_name)
     fast = _fast_validator(name)
-    if fast is not None and _plain_json(value):
+    if fast is not None and (plain or _plain_json(value)):
         try:
             return fast.is_valid(value)
         except ValueError:  # what it cannot convert, such as a key that is not a string
@@ -157,7 +158,7 @@ def is_valid(value: Any, schema_name: str) -> bool:
 
 def validate(doc: Document, schema_name: str) -> list[Diagnostic]:
     """One located diagnostic per schema violation in ``doc`` (empty when it is valid)."""
-    if is_valid(doc.value, schema_name):
+    if is_valid(doc.value, schema_name, plain=doc.plain):
         return []
     name = _file_name(schema_name)
     found: dict[tuple[Any, ...], Diagnostic] = {}
@@ -167,7 +168,7 @@ def validate(doc: Document, schema_name: str) -> list[Diagnostic]:
         if len(found) >= MAX_DIAGNOSTICS:
             break
     fast = _fast_validator(name)
-    if not found and fast is not None and _plain_json(doc.value):
+    if not found and fast is not None and (doc.plain or _plain_json(doc.value)):
         # Only jsonschema-rs objects: it reads `pattern` as ECMA-262, as JSON Schema says, where
         # jsonschema uses Python's `re` (whose `$` also matches before a final newline, and
         # whose `\d` and `\w` take any Unicode digit or letter). Its own errors then explain.

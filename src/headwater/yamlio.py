@@ -11,6 +11,7 @@ integer 777, and there are no implicit timestamps, so every value is plain JSON 
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,11 +48,23 @@ class Document:
     """A loaded document: its plain value and the (line, column) of every node, 1-based.
 
     A mapping entry is marked at its key; a sequence item at its first character.
+
+    What the loader notes on the way, so no one walks the value again for it (None / False:
+    not noted, as in a Document made by hand):
+
+    - ``mentions``: every string that may name a namespace file or a secret (one holding
+      ``read``, ``nsfile:`` or ``secret``; a key only if it also holds ``(`` or ``nsfile:``),
+      in document order, keys before their values, each with the mark ``mark`` gives its
+      place (an alias repeats those of its anchor, at the alias's mark);
+    - ``plain``: the value is plain JSON, no NaN or ±Infinity in it, nested at most
+      ``MAX_DEPTH`` deep (see ``schemas``).
     """
 
     path: str
     value: Any
     marks: dict[Path, Mark]
+    mentions: tuple[tuple[Mark, str], ...] | None = None
+    plain: bool = False
 
     def mark(self, loc: Sequence[Key]) -> tuple[int | None, int | None]:
         """The mark of ``loc``, or of its nearest marked ancestor."""
@@ -80,6 +93,16 @@ _FALSE = frozenset({"false", "False", "FALSE"})
 _FIRST = frozenset("-+.0123456789~nNtTfF")
 _WORDS = frozenset("~nNtTfF")
 _NUMBER_FIRST = _FIRST - _WORDS
+
+
+def mentions(text: str) -> bool:
+    """Whether a string value may name a namespace file or a secret (``Document.mentions``)."""
+    return "read" in text or "nsfile:" in text or "secret" in text
+
+
+def key_mentions(text: str) -> bool:
+    """Whether a mapping key may: it must hold a call or a URI as well."""
+    return ("(" in text or "nsfile:" in text) and mentions(text)
 
 
 def resolve_plain(text: str) -> Any:
@@ -226,10 +249,13 @@ def _compose(
     parents' on ``stack``), since this runs for every node of every file.
     """
     marks: dict[Path, Mark] = {}
-    anchors: dict[str, tuple[Any, int]] = {}
+    # anchor -> (value, weight, the texts of its mentions)
+    anchors: dict[str, tuple[Any, int, tuple[str, ...]]] = {}
+    found: list[tuple[Mark, str]] = []  # Document.mentions
+    plain = max_depth <= MAX_DEPTH  # until a NaN or an infinity
     # The open containers but the innermost: (container, is_map, loc, key, key_mark, weight,
-    # anchor), as they were when their child container opened.
-    stack: list[tuple[Any, bool, Path, str | None, Mark, int, str | None]] = []
+    # anchor, since), as they were when their child container opened.
+    stack: list[tuple[Any, bool, Path, str | None, Mark, int, str | None, int]] = []
     depth = 0  # open containers, the innermost included
     # The innermost open container; at depth 0 the "container" is the document itself.
     container: Any = None
@@ -239,6 +265,7 @@ def _compose(
     key_mark: Mark = (0, 0)
     weight = 1  # nodes in the container, itself and expanded aliases included
     anchor: str | None = None
+    since = 0  # the container's first mention in ``found``
     root: Any = None
     documents = 0
     nodes = 0
@@ -261,6 +288,8 @@ def _compose(
                     value = resolve_plain(text)  # (a number: int() refuses too many digits)
                 else:
                     value = text  # a key's own value only matters to an anchor
+                if value.__class__ is float and not math.isfinite(value):
+                    plain = False
                 if text in container:
                     first = marks.get((*loc, text), (None, None))
                     raise _diag(
@@ -268,16 +297,26 @@ def _compose(
                         f"duplicate key {text!r} (first defined on line {first[0]})",
                         "remove or rename one of the two entries",
                     )
+                if ("(" in text or "nsfile:" in text) and mentions(text):
+                    found.append((mark, text))
                 key = text
                 key_mark = mark
             else:
                 if tag is not None and tag != "!":
                     value = _tagged(text, tag, path, mark)
+                    if value.__class__ is float and not math.isfinite(value):
+                        plain = False
                 elif event.implicit[0]:
-                    # resolve_plain, inlined for the common case of a plain word
-                    value = text if text and text[0] not in _FIRST else resolve_plain(text)
+                    if text and text[0] not in _FIRST:  # resolve_plain, inlined for a plain word
+                        value = text
+                    else:
+                        value = resolve_plain(text)
+                        if value.__class__ is float and not math.isfinite(value):
+                            plain = False
                 else:
                     value = text
+                if value.__class__ is str and ("read" in value or "nsfile:" in value or "secret" in value):
+                    found.append((key_mark if key is not None else mark, value))
                 weight += 1
                 if key is not None:  # (past a key: in a map, a key is always pending here)
                     marks[(*loc, key)] = key_mark
@@ -290,7 +329,7 @@ def _compose(
                     root = value
                     marks[()] = mark
             if event.anchor is not None:
-                anchors[event.anchor] = (value, 1)
+                anchors[event.anchor] = (value, 1, (value,) if value.__class__ is str and mentions(value) else ())
         elif kind is _MAP_START or kind is _SEQ_START:
             nodes += 1
             start = event.start_mark
@@ -314,7 +353,7 @@ def _compose(
             else:
                 child = ()
                 marks[()] = mark
-            stack.append((container, is_map, loc, key, key_mark, weight, anchor))
+            stack.append((container, is_map, loc, key, key_mark, weight, anchor, since))
             depth += 1
             is_map = kind is _MAP_START
             container = {} if is_map else []
@@ -323,11 +362,12 @@ def _compose(
             key_mark = mark
             weight = 1
             anchor = event.anchor
+            since = len(found)
         elif kind is _MAP_END or kind is _SEQ_END:
             done, done_weight = container, weight
             if anchor is not None:
-                anchors[anchor] = (done, done_weight)
-            container, is_map, loc, key, key_mark, weight, anchor = stack.pop()
+                anchors[anchor] = (done, done_weight, tuple(text for _m, text in found[since:]))
+            container, is_map, loc, key, key_mark, weight, anchor, since = stack.pop()
             depth -= 1
             if is_map:  # its mark was recorded at its key when it opened
                 weight += done_weight
@@ -346,7 +386,7 @@ def _compose(
                     path, mark, "yaml.alias", f"alias *{event.anchor} refers to no finished anchor",
                     "define the anchor before using it; an anchor cannot contain itself",
                 )
-            value, count = anchors[event.anchor]
+            value, count, texts = anchors[event.anchor]
             nodes += count
             if nodes > max_nodes:
                 raise _diag(
@@ -360,6 +400,9 @@ def _compose(
                     "keys must be plain strings",
                 )
             weight += count
+            if texts:  # inside an alias, every place has the alias's mark
+                at = key_mark if key is not None else mark
+                found.extend((at, text) for text in texts)
             if key is not None:
                 marks[(*loc, key)] = key_mark
                 container[key] = value
@@ -392,4 +435,4 @@ def _compose(
             )
     # Marks of nested containers were recorded at their key; fix the root of the document.
     marks.setdefault((), (1, 1))
-    return Document(path, root, marks)
+    return Document(path, root, marks, tuple(found), plain)

@@ -21,7 +21,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from headwater.errors import Diagnostic, Severity
 from headwater.kestra_types import TypeRegistry
 from headwater.schemas import format_path
-from headwater.yamlio import Document, Key, Path
+from headwater.yamlio import Document, Key, Path, key_mentions, mentions
 
 _CORE = TypeRegistry.builtin()  # structure (which task is a Dag, a Switch, …) is core knowledge
 _FLOW = "io.kestra.plugin.core.flow."
@@ -435,17 +435,13 @@ _NSFILE = re.compile(r"""nsfile://([^/\s'"{}]*)(/[^\s'"{}]*)""")
 _SECRET = re.compile(r"""\bsecret\s*\(\s*(['"])([^'"]+)\1""")
 
 
-def _mentions(text: str) -> bool:
-    return "read" in text or "nsfile:" in text or "secret" in text
-
-
 def _strings(value: Any, loc: list[Key], found: list[tuple[Path, str]]) -> None:
     """Append to ``found`` every string below ``value`` (at ``loc``, a path reused as a stack)
     that may name a file or a secret, with its location, depth first: values, and keys with a
     call or a URI in them, each key before its value."""
     if isinstance(value, dict):
         for key, item in value.items():
-            if ("(" in key or "nsfile:" in key) and _mentions(key):
+            if key_mentions(key):
                 found.append(((*loc, key), key))
             if isinstance(item, str):
                 if "read" in item or "nsfile:" in item or "secret" in item:
@@ -463,7 +459,7 @@ def _strings(value: Any, loc: list[Key], found: list[tuple[Path, str]]) -> None:
                 loc.append(index)
                 _strings(item, loc, found)
                 loc.pop()
-    elif isinstance(value, str) and _mentions(value):
+    elif isinstance(value, str) and mentions(value):
         found.append((tuple(loc), value))
 
 
@@ -504,10 +500,12 @@ def flow_references(doc: Document) -> FlowReferences:
         return FlowReferences()
     files: list[FileRef] = []
     secrets: list[SecretRef] = []
-    candidates: list[tuple[Path, str]] = []
-    _strings(flow, [], candidates)
-    for loc, text in candidates:
-        mark = doc.mark(loc)
+    candidates: tuple[tuple[tuple[int | None, int | None], str], ...] | None = doc.mentions
+    if candidates is None:  # a Document not from the loader: walk it
+        found: list[tuple[Path, str]] = []
+        _strings(flow, [], found)
+        candidates = tuple((doc.mark(loc), text) for loc, text in found)
+    for mark, text in candidates:
         files.extend(_file_refs(text, mark))
         if "secret" in text:
             secrets.extend(SecretRef(m.group(2), *mark) for m in _SECRET.finditer(text))
