@@ -8,7 +8,10 @@ measurement runs the `headwater` CLI (or a floor) as a fresh process inside a fr
 (benchmarks/measure.py) that reports wall time and peak RSS; each is repeated (3 times by
 default) and the median is reported. Measured, in this order:
 
-1. cold floor: ls-tree + `git cat-file --batch` of every flow and config blob + libyaml parse;
+1. cold floor: ls-tree + `git cat-file --batch` of every flow and config blob + libyaml parse,
+   run right before each cold `validate` and each cold `plan` below: this machine's speed
+   may drift within minutes, so each is compared with the floor runs next to its own (the
+   floor row has them all);
 2. cold `headwater validate` (both instances) in a fresh working directory and HOME;
 3. cold `headwater plan` then `apply` of `dev` into a fresh state directory (local target);
 4. no-op `headwater plan --detailed-exitcode` right after the apply;
@@ -182,25 +185,29 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
     def step(label: str) -> None:
         print(f"[{size}] {label}", flush=True)
 
-    step("cold floor")
     cold_floor = Row("floor", "cold floor: ls-tree + cat-file --batch + libyaml of flows and configs")
-    for _ in range(repeats):
-        sample = run.floor("cold", str(repo), base)
-        cold_floor.add(sample)
-    blobs = json.loads(sample.stdout)["blobs"]
-    cold_floor.note = f"{blobs} blobs"
+    # The floor runs next to each cold measurement: each cold row is compared with its own.
+    validate_floor = Row("floor-validate", "cold floor, the runs before each cold validate")
+    plan_floor = Row("floor-plan", "cold floor, the runs before each cold plan")
 
-    step("cold and warm validate")
-    validate = Row("validate", "cold `validate` (dev + prod)", floor=cold_floor)
+    def floor_run(row: Row) -> None:
+        sample = run.floor("cold", str(repo), base)
+        row.add(sample)
+        cold_floor.add(sample)
+        cold_floor.note = f"{json.loads(sample.stdout)['blobs']} blobs"
+
+    step("cold floor, cold and warm validate")
+    validate = Row("validate", "cold `validate` (dev + prod)", floor=validate_floor)
     warm = Row("validate-warm", "warm `validate`, its result cache kept", floor=cold_floor)
     for i in range(repeats):
         fresh = scratch / f"validate-{i}"  # a fresh HOME and cwd: no cache of an earlier run
         fresh.mkdir()
+        floor_run(validate_floor)
         validate.add(run.headwater("validate", *repo_arg, "--rev", base, cwd=fresh, home=fresh / "home"))
         warm.add(run.headwater("validate", *repo_arg, "--rev", base, cwd=fresh, home=fresh / "home"))
 
-    step("cold plan + apply (dev)")
-    plan = Row("plan", "cold `plan` dev, empty state", floor=cold_floor)
+    step("cold floor, cold plan + apply (dev)")
+    plan = Row("plan", "cold `plan` dev, empty state", floor=plan_floor)
     apply = Row("apply", "`apply` dev, empty state, right after that plan", floor=cold_floor)
     both = Row("plan+apply", "cold `plan` + `apply` dev", floor=cold_floor)
     state = scratch / "state"
@@ -208,6 +215,7 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
         if i:
             shutil.rmtree(state)  # keep one instance on disk at a time
         state = run.fresh_state(f"state-{i}")
+        floor_run(plan_floor)
         planned = run.headwater("plan", *repo_arg, "--instance", "dev", "--rev", base, state=state)
         applied = run.headwater("apply", *repo_arg, "--instance", "dev", "--rev", base, "--yes", state=state)
         plan.add(planned)
@@ -414,7 +422,8 @@ beside the floor measured in the same run:
   `yaml.load(..., Loader=yaml.CSafeLoader)` of each, one process, one core;
 - **incremental floor**: `git diff-tree` between the two commits + reading the changed blobs.
 
-The ratio is the median time over the floor's median time.
+The ratio is the median time over the floor's median time. The floor runs right before each
+cold `validate` and each cold `plan`, and each is compared with the floor runs next to its own.
 """
 
 
