@@ -572,3 +572,103 @@ def test_below_the_size_a_plan_and_an_apply_go_whole_and_each_sees_the_whole_pla
     parts.clear()
     assert engine.plan("dev", rev, each=parts.append).plan.counted is not None
     assert len(parts) == len(engine.target("dev").tenants()) > 1
+
+
+# -- the pull-request view ------------------------------------------------------------------------
+
+CALLER = """\
+id: a-caller
+namespace: billing
+tasks:
+  - id: call
+    type: io.kestra.plugin.core.flow.Subflow
+    namespace: billing
+    flowId: z-callee
+"""
+
+
+def compared_alike(engine: Engine, monkeypatch: pytest.MonkeyPatch, instance: str, base: str, head: str) -> planning.Plan:
+    """``compare`` tenant by tenant makes the whole compare's plan, change for change in its
+    order, with its fingerprint and counts; its Markdown and JSON are the same."""
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 10**9)
+    whole = engine.compare(instance, base, head)
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)
+    loaded: list[str | None] = []
+    real = snapshot.piece
+
+    def piece(repo: Any, pieces: snapshot.Pieces, inst: str, folder: str | None, **kw: Any) -> snapshot.Snapshot:
+        loaded.append(folder)
+        return real(repo, pieces, inst, folder, **kw)
+
+    monkeypatch.setattr(snapshot, "piece", piece)
+    parts = engine.compare(instance, base, head)
+    monkeypatch.setattr(snapshot, "piece", real)
+    assert parts.plan == whole.plan
+    assert parts.plan.fingerprint == whole.plan.fingerprint and parts.plan.summary() == whole.plan.summary()
+    assert render.plan_markdown(parts.plan) == render.plan_markdown(whole.plan)
+    assert render.plan_json(parts.plan) == render.plan_json(whole.plan)
+    assert parts.desired.missing_secrets == whole.desired.missing_secrets
+    assert None in loaded and loaded.count(None) == 1  # the root files, of the head only
+    folders = [f for f in loaded if f is not None]
+    assert len(folders) <= 2 * len(set(folders))  # each folder of each commit once at most
+    return whole.plan
+
+
+def test_a_pull_request_view_made_tenant_by_tenant_is_the_whole_one(
+    engines: tuple[Engine, Engine], repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engines[1]
+    first = engine.repo.resolve("HEAD")
+    edits = [commit(repo_dir, f"change {n}", files) for n, files in enumerate(CHANGES)]
+    calling = commit(repo_dir, "a caller sorted before its callee", {
+        "tenants/initech/billing/flows/a-caller.yaml": CALLER,
+        "tenants/initech/billing/flows/z-callee.yaml": FLOW.format(id="z-callee", ns="billing", msg="called"),
+    })
+    readme = commit(repo_dir, "a readme", {"README.md": "# not a tenant\n"})
+    config = (repo_dir / "headwater.yaml").read_text()
+    rooted = commit(repo_dir, "a root variable", {
+        "headwater.yaml": config.replace("retention_days: 30", "retention_days: 31"),
+    })
+    for instance in INSTANCES:
+        for base, head in [(first, edits[0]), (edits[0], edits[1]), (first, edits[1]), (edits[1], first),
+                           (edits[1], calling), (calling, edits[1]), (calling, readme), (readme, rooted),
+                           (first, rooted), (first, first)]:
+            plan = compared_alike(engine, monkeypatch, instance, base, head)
+            # (prod sets retention_days itself: the root's new value changes nothing there)
+            unchanged = base == head or head == readme or (instance, base, head) == ("prod", readme, rooted)
+            assert plan.is_empty == unchanged
+            if (base, head) == (edits[1], calling):  # the callee first, though it sorts after its caller
+                assert [c.key.name for c in plan.changes] == ["z-callee", "a-caller"]
+    # root files changed: every folder loaded from both commits; the same ones: only those changed
+    loaded: list[str | None] = []
+    real = snapshot.piece
+    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)
+    monkeypatch.setattr(snapshot, "piece", lambda repo, pieces, inst, folder, **kw: (
+        loaded.append(folder), real(repo, pieces, inst, folder, **kw))[1])
+    assert engine.compare("dev", readme, rooted).plan.summary()["update"] > 0
+    tenants = sorted(f for f in loaded if f is not None)
+    assert tenants == sorted([*set(tenants), *set(tenants)])
+    loaded.clear()
+    engine.compare("dev", edits[0], edits[1])
+    changed = {p.split("/")[1] for p in git(repo_dir, "diff", "--name-only", edits[0], edits[1]).split()}
+    folders = set(git(repo_dir, "ls-tree", "--name-only", f"{edits[1]}:tenants").split())
+    assert changed and changed < folders
+    assert sorted(f for f in loaded if f is not None) == sorted([*folders, *changed])
+
+
+def test_a_pull_request_view_made_tenant_by_tenant_refuses_an_invalid_head_alike(
+    engines: tuple[Engine, Engine], repo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engines[1]
+    base = engine.repo.resolve("HEAD")
+    head = commit(repo_dir, "errors", ERRORS)
+    raised = []
+    for size in (10**9, 0):
+        monkeypatch.setattr(engine_module, "BY_TENANT_FROM", size)
+        with pytest.raises(ValidationFailed) as info:
+            engine.compare("dev", base, head)
+        raised.append(info.value)
+    assert [d.to_json() for d in raised[0].diagnostics] == [d.to_json() for d in raised[1].diagnostics]
+    assert raised[0].diagnostics and raised[0].revision == raised[1].revision == head
+    # an invalid base is taken as it is, as the whole compare takes it
+    assert compared_alike(engine, monkeypatch, "dev", head, base).summary()["delete"] > 0

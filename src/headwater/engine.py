@@ -27,7 +27,7 @@ from headwater.errors import (
     StateError,
     ValidationFailed,
 )
-from headwater.gitrepo import GitRepo
+from headwater.gitrepo import GitRepo, TreeEntry
 from headwater.resources import (
     Resource,
     ResourceKey,
@@ -453,8 +453,15 @@ class Engine:
 
     @heap.paused()
     def compare(self, instance: str, base: str, head: str) -> PlanResult:
-        """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed."""
-        head_snap = self.valid_snapshot(head, instance)
+        """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed.
+
+        A ``head`` listing ``BY_TENANT_FROM`` entries or more is compared one tenant folder
+        at a time (``_compare_by_tenant``): the same plan, without holding either commit whole.
+        """
+        listed = snapshot.split(self.repo, head)
+        if len(listed.entries) >= BY_TENANT_FROM:
+            return self._compare_by_tenant(instance, snapshot.split(self.repo, base), listed)
+        head_snap = self.valid_snapshot(listed.revision, instance, listed=listed)
         head_state = self.desired(head_snap, instance, content=False)
         base_snap = self.load(base)
         base_state: State = {}
@@ -468,6 +475,62 @@ class Engine:
             head_rev=head_snap.revision, calls=head_state.calls,
         )
         return PlanResult(result, head_state, head_snap)
+
+    def _compare_by_tenant(self, instance: str, base: snapshot.Pieces, head: snapshot.Pieces) -> PlanResult:
+        """``compare``, holding one tenant folder of each commit at a time. A folder that is
+        the same in both commits, under the same root files, wants the same in both: it is
+        loaded once. ValidationFailed once every folder of ``head`` is checked, if it has
+        errors (``base`` is taken as it is, as ``compare`` takes it)."""
+        _defined(instance, head.revision, head.instances)
+        outside = snapshot.piece(self.repo, head, instance, None, cache=self.cache)
+        report = set(outside.report([instance]))
+        failed = _has_error(report)  # once it has, only the report matters (the commit is refused)
+        in_base = instance in base.instances
+        same_root = in_base and _listed(_root_files(base)) == _listed(_root_files(head))
+        parts: list[planning.Plan] = []
+        calls: dict[ResourceKey, set[ResourceKey]] = {}
+        missing: list[ResourceKey] = []
+        based = planning.Fingerprint()  # of the base state, as compare_refs takes it
+        for folder in sorted({*head.folders, *(base.folders if in_base else ())}):
+            wanted = Desired(head.revision, {}, {}, {}, ())  # a tenant gone in the head
+            if folder in head.folders:
+                snap = snapshot.piece(self.repo, head, instance, folder, cache=self.cache)
+                found = snap.report([instance])
+                report.update(found)
+                failed = failed or _has_error(found)
+                if not failed:
+                    wanted = self.desired(snap, instance, content=False)
+                    missing += wanted.missing_secrets
+                del snap
+            if failed:
+                continue
+            if not in_base or folder not in base.folders:
+                had = Desired(base.revision, {}, {}, {}, ())  # a tenant new in the head
+            elif same_root and folder in head.folders and _listed(base.folders[folder]) == _listed(head.folders[folder]):
+                based.add(wanted.state)  # the same folder: no change
+                parts.append(planning.Plan(
+                    instance, head.revision, base.revision, (), (), (), "", unchanged=len(wanted.state),
+                ))
+                continue
+            else:
+                snap = snapshot.piece(self.repo, base, instance, folder, cache=self.cache)
+                had = self.desired(snap, instance, content=False)
+                del snap
+            based.add(had.state)
+            had = self.with_content(had, _differing(had.state, wanted.state))
+            wanted = self.with_content(wanted, _differing(wanted.state, had.state))
+            calls.update(wanted.calls)
+            parts.append(planning.compare_refs(
+                had.state, wanted.state, instance=instance, base_rev=base.revision, head_rev=head.revision,
+                calls=wanted.calls,
+            ))
+        errors = [d for d in snapshot.ordered(report) if d.severity == "error"]
+        if errors:
+            raise ValidationFailed(errors, head.revision)
+        result = planning.assemble(
+            parts, calls, instance=instance, revision=head.revision, base=base.revision, fingerprint=based.value(),
+        )
+        return PlanResult(result, Desired(head.revision, {}, calls, {}, tuple(missing)), outside)
 
     # -- apply -----------------------------------------------------------------------------
 
@@ -1037,6 +1100,16 @@ def _calls(view: snapshot.InstanceView, tenants: Collection[str] | None = None) 
         for fid, info in ns.flows.items()
         if info.refs is not None
     }
+
+
+def _root_files(pieces: snapshot.Pieces) -> list[TreeEntry]:
+    """The files outside the tenant folders that a folder's desired state depends on."""
+    return [e for e in pieces.outside if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)]
+
+
+def _listed(entries: Iterable[TreeEntry]) -> list[tuple[str, str, str]]:
+    """What a listing holds: equal listings, equal content."""
+    return [(e.path, e.mode, e.oid) for e in entries]
 
 
 def _has_error(diagnostics: Iterable[Diagnostic]) -> bool:

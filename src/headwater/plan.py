@@ -269,11 +269,28 @@ class Plan:
 
 def fingerprint(state: Mapping[ResourceKey, Resource]) -> str:
     """sha256 over the sorted key and hash lines of a state: equal states, equal fingerprints."""
-    # NUL never occurs in a key field and hashes hold no newline, so the encoding is injective.
-    lines = sorted(
-        f"{k.tenant}\0{k.namespace}\0{k.kind}\0{k.name}\0{r.hash}\n" for k, r in state.items()
-    )
-    return "sha256:" + hashlib.sha256("".join(lines).encode("utf-8", "surrogatepass")).hexdigest()
+    whole = Fingerprint()
+    whole.add(state)
+    return whole.value()
+
+
+class Fingerprint:
+    """``fingerprint`` of a state given in parts: each part the resources of some tenants, the
+    parts in tenant order (a line starts with its tenant and a NUL, so the sorted lines of
+    each part, one part after the other, are the sorted lines of the whole)."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def add(self, part: Mapping[ResourceKey, Resource]) -> None:
+        # NUL never occurs in a key field and hashes hold no newline: the encoding is injective.
+        lines = sorted(
+            f"{k.tenant}\0{k.namespace}\0{k.kind}\0{k.name}\0{r.hash}\n" for k, r in part.items()
+        )
+        self._digest.update("".join(lines).encode("utf-8", "surrogatepass"))
+
+    def value(self) -> str:
+        return "sha256:" + self._digest.hexdigest()
 
 
 def compute(
@@ -356,6 +373,38 @@ def compare_refs(
         base=base_rev,
         managed=None,
         calls=calls,
+    )
+
+
+def assemble(
+    parts: Iterable[Plan],
+    calls: Mapping[ResourceKey, set[ResourceKey]],
+    *,
+    instance: str,
+    revision: str,
+    base: str | None,
+    fingerprint: str,
+) -> Plan:
+    """The plan of ref-vs-ref ``parts`` (``compare_refs`` of each tenant folder) as one: the
+    plan ``compare_refs`` makes of the whole states, given their ``fingerprint`` and the calls
+    of every flow of the folders with changes."""
+    upserts: list[Change] = []
+    deletes: list[Change] = []
+    unchanged = 0
+    for part in parts:
+        assert part.counted is None and not part.drift and not part.unmanaged
+        for change in part.changes:
+            (deletes if change.action == "delete" else upserts).append(change)
+        unchanged += part.unchanged
+    return Plan(
+        instance=instance,
+        revision=revision,
+        base=base,
+        changes=tuple(_ordered(upserts, deletes, calls)),
+        drift=(),
+        unmanaged=(),
+        fingerprint=fingerprint,
+        unchanged=unchanged,
     )
 
 
