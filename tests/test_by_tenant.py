@@ -135,6 +135,14 @@ def assert_plans_alike(engine: Engine, instance: str) -> planning.Plan:
                 text.add(part)
             text.finish(counted.summary())
             assert "".join(out) == render.plan_text(whole, color, max_diff_lines=lines)
+    # and its JSON, the changes in the whole plan's order across tenants, with its fingerprint
+    assert counted.fingerprint == whole.fingerprint
+    with render.PlanJson() as document:
+        for part in parts:
+            document.add(part)
+        out = []
+        document.finish(counted, out.append)
+    assert "".join(out) == render.plan_json(whole)
     return whole
 
 

@@ -65,11 +65,12 @@ def test_missing_secret_values_are_warnings_that_quiet_silences(hw: Headwater) -
 
 
 @pytest.mark.parametrize("by_tenant_from", [0, engine_module.BY_TENANT_FROM])
-def test_plan_text_is_made_tenant_by_tenant_and_is_the_whole_plans(
-    hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int
+def test_plan_text_and_json_are_made_tenant_by_tenant_and_are_the_whole_plans(
+    hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int, tmp_path: Path
 ) -> None:
-    """The text plan of a large commit goes tenant by tenant (the JSON one is made whole):
-    the same text, for a commit with changes in two tenants, a drift, and a tenant gone."""
+    """The text and JSON plans of a large commit go tenant by tenant (the Markdown one is made
+    whole): the same text and JSON, shown or saved, for a commit with changes in two tenants,
+    a drift, and a tenant gone."""
     monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
     assert hw.apply("dev").code == 0
     commit_on(hw, {
@@ -80,11 +81,20 @@ def test_plan_text_is_made_tenant_by_tenant_and_is_the_whole_plans(
     flow.chmod(0o644)
     flow.write_text("changed by hand\n")
     for args in ([], ["--no-color"]):
-        whole = Plan.from_json(valid_plan(hw.plan("dev", "-o", "json", *args).out))
+        monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 10**9)
+        reference = hw.plan("dev", "-o", "json", *args).out  # made whole
+        whole = Plan.from_json(valid_plan(reference))
+        monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
         text = hw.plan("dev", "--detailed-exitcode", *args)
         assert text.code == 2
         assert text.out == render.plan_text(whole, color=False) + "\n"
         assert whole.summary()["delete"] and whole.summary()["update"] and whole.drift
+        assert hw.plan("dev", "-o", "json", *args).out == reference
+        saved = tmp_path / "saved.json"
+        shown = hw.plan("dev", "--out", str(saved), *args)
+        assert shown.out == text.out and saved.read_text() == reference
+        assert hw.plan("dev", "-o", "json", "--out", str(saved), *args).out == reference == saved.read_text()
+    assert len({c.key.tenant for c in whole.changes}) > 1
 
 
 @pytest.mark.parametrize("by_tenant_from", [0, engine_module.BY_TENANT_FROM])
@@ -98,8 +108,11 @@ def test_a_plan_of_an_invalid_commit_shows_no_part_of_a_plan(
     })
     result = hw.plan("dev")
     assert result.code == 1 and result.out == ""
-    assert result.err == hw.plan("dev", "-o", "json").err  # as the whole plan says it
+    assert result.err == hw.plan("dev", "-o", "markdown").err  # as the whole plan says it
     assert "1 validation error(s)" in result.err
+    saved = hw.repo.parent / "saved.json"
+    refused = hw.plan("dev", "-o", "json", "--out", str(saved))
+    assert (refused.code, refused.out, refused.err) == (1, "", result.err) and not saved.exists()
 
 
 def test_plan_after_editing_one_flow_is_one_update(hw: Headwater) -> None:
@@ -531,18 +544,25 @@ def test_a_plan_file_is_written_whole_or_not_at_all(
     assert stat.S_IMODE(out.stat().st_mode) == 0o640  # a file there keeps its permissions
     saved = out.read_bytes()
     assert json.loads(saved) == json.loads(hw.plan("dev", "-o", "json").out)
-    real = render.write_plan_json
+    whole, in_parts = render.write_plan_json, render.PlanJson.finish
 
     def disk_full(plan: Plan, write: Any) -> None:
-        real(plan, write)  # all of it, then the disk fills
+        whole(plan, write)  # all of it, then the disk fills
+        raise OSError(28, "No space left on device")
+
+    def disk_full_in_parts(self: render.PlanJson, plan: Plan, write: Any) -> None:
+        in_parts(self, plan, write)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(render, "write_plan_json", disk_full)
-    commit_on(hw, {"tenants/acme/company/flows/hello.yaml": HELLO_DEV})
-    result = hw.plan("dev", "--out", str(out))
-    assert result.code == 1 and "cannot write plan file" in one_clear_line(result.err)
-    assert "No space left on device" in result.err
-    assert out.read_bytes() == saved and sorted(out.parent.iterdir()) == [out]
+    monkeypatch.setattr(render.PlanJson, "finish", disk_full_in_parts)
+    base = git(hw.repo, "rev-parse", "dev")
+    head = commit_on(hw, {"tenants/acme/company/flows/hello.yaml": HELLO_DEV})
+    for args in (["dev"], ["dev", "-o", "json"], ["dev", "--base", base, "--head", head]):
+        result = hw.plan(*args, "--out", str(out))
+        assert result.code == 1 and "cannot write plan file" in one_clear_line(result.err)
+        assert "No space left on device" in result.err
+        assert out.read_bytes() == saved and sorted(out.parent.iterdir()) == [out]
 
 
 def test_a_state_dir_that_is_a_file(hw: Headwater, tmp_path: Path) -> None:

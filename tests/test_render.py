@@ -334,3 +334,46 @@ def test_writing_the_json_plan_keeps_no_diff() -> None:
     assert text == whole_json(plan)  # and the plan still gives the same diffs when asked
     for empty in (plan_of({}, {}), dataclasses.replace(plan, changes=(), drift=(), unmanaged=())):
         assert render.plan_json(empty) == whole_json(empty)
+
+
+def test_a_plans_json_written_tenant_by_tenant_is_the_whole_plans() -> None:
+    """Each tenant's part goes in by section: creations and updates kind by kind across the
+    tenants in order, flows callee first, then deletions in reverse, tenants in reverse."""
+    desired: State = {}
+    actual: State = {}
+    calls: dict[ResourceKey, set[ResourceKey]] = {}
+    for tenant in ("b", "a", "c"):
+        for kind in KINDS:
+            if kind == "secret":
+                continue
+            new = res("ns", kind, f"new-{kind}", f"{tenant} new", tenant)
+            changed = res("ns", kind, f"changed-{kind}", f"{tenant} after", tenant)
+            kept = res("ns", kind, f"kept-{kind}", "same", tenant)
+            gone = res("ns", kind, f"gone-{kind}", f"{tenant} gone", tenant)
+            desired.update({r.key: r for r in (new, changed, kept)})
+            actual.update({r.key: r for r in (gone, kept)})
+            actual[changed.key] = res("ns", kind, f"changed-{kind}", f"{tenant} before", tenant)
+        flow = ResourceKey(tenant, "ns", "flow", "new-flow")
+        calls[flow] = {ResourceKey(tenant, "ns", "flow", "z-called")}  # created after it if sorted
+        desired[ResourceKey(tenant, "ns", "flow", "z-called")] = res("ns", "flow", "z-called", "called", tenant)
+        actual[ResourceKey(tenant, "ns", "flow", "zz-gone")] = res("ns", "flow", "zz-gone", "old", tenant)
+        calls[ResourceKey(tenant, "ns", "flow", "zz-gone")] = {ResourceKey(tenant, "ns", "flow", "gone-flow")}
+    managed = {k: r.hash for k, r in actual.items() if k.name != "gone-kv"}  # never managed: left alone
+    managed[ResourceKey("a", "ns", "file", "gone-file")] = "sha256:" + "0" * 64  # drifted
+    whole = plan_of(desired, actual, managed=managed, calls=calls)
+    parts = [
+        plan_of({k: r for k, r in desired.items() if k.tenant == t}, {k: r for k, r in actual.items() if k.tenant == t},
+                managed=managed, calls=calls)
+        for t in ("a", "b", "c")
+    ]
+    counted = Plan(whole.instance, whole.revision, whole.base, (), (), (), whole.fingerprint, whole.unchanged,
+                   whole.summary())
+    with render.PlanJson() as document:
+        for part in parts:
+            document.add(part)
+        out: list[str] = []
+        document.finish(counted, out.append)
+    assert "".join(out) == render.plan_json(whole)
+    kinds = [(c.action, c.key.tenant, c.key.kind) for c in whole.changes]
+    assert kinds.index(("delete", "c", "flow")) < kinds.index(("delete", "a", "flow"))
+    assert whole.drift and whole.unmanaged and len({c.key.tenant for c in whole.changes}) == 3

@@ -145,11 +145,12 @@ class _Counted:
     changing: dict[str, set[NsKey]]  # tenant → the namespaces to write (the others are shared)
     size: int  # resources in the desired state
     missing: list[ResourceKey]  # secrets declared without a value
+    fingerprint: str = ""  # of the instance's state, when each tenant's plan was given out
 
     def plan(self, instance: str, revision: str, base: str | None) -> planning.Plan:
         """The plan counted, without its changes (``Plan.counted``)."""
         counts = self.counts
-        return planning.Plan(instance, revision, base, (), (), (), "", counts["unchanged"], counts)
+        return planning.Plan(instance, revision, base, (), (), (), self.fingerprint, counts["unchanged"], counts)
 
 
 @dataclass(frozen=True)
@@ -713,6 +714,7 @@ class Engine:
         checks: dict[NsKey, list[Diagnostic]] = {}
         checked = 0  # namespaces the instance sees
         gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys() if plan else set()
+        state = planning.Fingerprint()  # of the instance's state, as the whole plan's
         for folder in sorted({*pieces.folders, *gone}):  # the order of a whole plan's namespaces
             if lock is not None:
                 lock.refresh(LOCK_TTL)
@@ -735,6 +737,7 @@ class Engine:
             managed = self.store.inventory(instance, tenant=folder)
             actual = target.inventory(folder)
             if each is not None:  # the whole plan of the tenant, diffs included
+                state.add(actual)
                 desired = self.with_content(desired, _differing(desired.state, actual))
                 actual = _with_content(actual, target, desired.state)
             result = planning.compute(
@@ -768,7 +771,10 @@ class Engine:
         # (``snapshot.update``) takes its checks from there instead of running them.
         if checked:
             snapshot.remember_checks(outside, outside.view(instance), checked, checks)
-        return _Counted(outside, snapshot.ordered(report), names, counts, changing, size, missing)
+        return _Counted(
+            outside, snapshot.ordered(report), names, counts, changing, size, missing,
+            state.value() if each is not None else "",
+        )
 
     def _write_tenant(
         self, instance: str, pieces: snapshot.Pieces, tenant: str, touched: set[NsKey], stage: Stage

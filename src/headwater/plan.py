@@ -408,6 +408,21 @@ def assemble(
     )
 
 
+# A plan's changes come in sections (``_ordered``): creations and updates of each kind, in
+# kind order (flows last), then deletions of each kind in reverse kind order (flows first).
+SECTIONS = 2 * len(KINDS)
+DELETIONS_FROM = len(KINDS)  # the first section of deletions
+
+
+def section(change: Change) -> int:
+    """The section of the plan's changes ``change`` is in. A plan of several tenants, made
+    tenant by tenant in tenant order (``Engine.plan``'s ``each``), has its changes in the
+    sections of the parts: the parts in tenant order in a section of creations and updates,
+    in the reverse order in a section of deletions, each part's as it has them."""
+    kind = _KIND_ORDER[change.key.kind]
+    return kind if change.action != "delete" else SECTIONS - 1 - kind
+
+
 def guard_prune(
     plan: Plan,
     managed_count: int,

@@ -7,13 +7,18 @@ secret value: a plan never holds one (see ``plan.py``); secrets render as ``(sen
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
 import html
+import os
 import re
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from json.encoder import encode_basestring
 
+from headwater import plan as planning
 from headwater.plan import SENSITIVE, Change, Plan
-from headwater.resources import pretty_json
+from headwater.resources import ResourceKey, pretty_json
 
 # GitHub refuses a comment over 65536 characters; keep a margin for what CI wraps around it.
 MAX_COMMENT_CHARS = 60_000
@@ -158,21 +163,89 @@ def write_plan_json(plan: Plan, write: Callable[[str], object]) -> None:
     """``plan_json``'s text, written a change at a time: each diff is made as its change is
     written, and not kept. A plan of every resource of a large instance (600,000 creations,
     each with the diff of its whole content) took 6.6 GB written as one document."""
+    _write_document(plan, ([_change_json(change)] for change in plan.changes), write)
+
+
+def _change_json(change: Change) -> str:
+    """A change of the plan's JSON, as it is indented in ``changes``."""
+    return pretty_json(change.to_json(keep_diff=False)).replace("\n", "\n    ")
+
+
+def _write_document(plan: Plan, runs: Iterable[Iterable[str]], write: Callable[[str], object]) -> None:
+    """The plan's JSON, its ``changes`` written from ``runs``: each the text of one or more
+    changes, separated within the run."""
     body = plan.to_json(changes=False)
     write("{")
     separator = "\n  "
     for key in sorted(body):
         write(f"{separator}{encode_basestring(key)}: ")
         separator = ",\n  "
-        if key != "changes" or not plan.changes:
+        if key != "changes":
             write(pretty_json(body[key]).replace("\n", "\n  "))
             continue
-        item = "[\n    "
-        for change in plan.changes:
-            write(item + pretty_json(change.to_json(keep_diff=False)).replace("\n", "\n    "))
-            item = ",\n    "
-        write("\n  ]")
+        opened = False
+        for run in runs:
+            write(",\n    " if opened else "[\n    ")
+            opened = True
+            for piece in run:
+                write(piece)
+        write("\n  ]" if opened else "[]")
     write("\n}")
+
+
+class PlanJson:
+    """``write_plan_json`` for a plan made in parts, one tenant at a time in tenant order
+    (``Engine.plan``'s ``each``): ``add`` each part, then ``finish`` with the whole plan (its
+    counts and fingerprint). The text ``write`` receives is ``plan_json`` of the whole plan,
+    which is never held: each part's changes wait in a temporary file, a run per section of
+    the whole plan's order (``plan.section``), until ``finish`` writes them in that order. A
+    context: the file exists inside it."""
+
+    def __init__(self) -> None:
+        self.runs: list[list[tuple[int, int]]] = [[] for _ in range(planning.SECTIONS)]
+        self.drift: list[ResourceKey] = []
+        self.unmanaged: list[ResourceKey] = []
+
+    def __enter__(self) -> PlanJson:
+        self.file = tempfile.TemporaryFile()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def add(self, part: Plan) -> None:
+        file, current, start = self.file, -1, 0
+        file.seek(0, os.SEEK_END)
+        for change in part.changes:
+            section = planning.section(change)
+            if section != current:
+                if current >= 0:
+                    self.runs[current].append((start, file.tell() - start))
+                current, start = section, file.tell()
+            else:
+                file.write(b",\n    ")
+            file.write(_change_json(change).encode("utf-8", "surrogatepass"))
+        if current >= 0:
+            self.runs[current].append((start, file.tell() - start))
+        self.drift += part.drift
+        self.unmanaged += part.unmanaged
+
+    def finish(self, plan: Plan, write: Callable[[str], object]) -> None:
+        whole = dataclasses.replace(plan, drift=tuple(self.drift), unmanaged=tuple(self.unmanaged))
+        _write_document(whole, self._runs(), write)
+
+    def _runs(self) -> Iterator[Iterator[str]]:
+        for section, runs in enumerate(self.runs):
+            yield from map(self._read, reversed(runs) if section >= planning.DELETIONS_FROM else runs)
+
+    def _read(self, run: tuple[int, int]) -> Iterator[str]:
+        start, left = run
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        self.file.seek(start)
+        while left:
+            chunk = self.file.read(min(left, 1 << 20))
+            left -= len(chunk)
+            yield decoder.decode(chunk, final=not left)
 
 
 # --- Markdown --------------------------------------------------------------------------------

@@ -104,15 +104,8 @@ def plan(
     """
     if (base is None) != (head is None):
         raise click.UsageError("--base and --head go together")
-    if base is None and fmt == "text" and not out_file:
-        # A large commit's plan is made one tenant at a time, and shown once every tenant is
-        # checked: never held whole (the JSON, Markdown and saved plans are).
-        with engine_for(repo_path, config_path, state_dir) as engine, _Spool(output.use_color(no_color)) as spool:
-            result = engine.plan(instance, rev or default_rev(engine.repo, instance), each=spool.add)
-            warn_missing_secrets(result)
-            spool.show(result.plan)
-        if detailed_exitcode and not result.plan.is_empty:
-            sys.exit(2)
+    if base is None and fmt != "markdown":
+        _plan_in_parts(repo_path, instance, rev, fmt, detailed_exitcode, out_file, no_color, config_path, state_dir)
         return
     with engine_for(repo_path, config_path, state_dir) as engine:
         if base is not None and head is not None:
@@ -121,13 +114,45 @@ def plan(
             result = engine.plan(instance, rev or default_rev(engine.repo, instance))
     warn_missing_secrets(result)
     if out_file:
-        _save_plan(result.plan, Path(out_file))
+        _save_plan(lambda write: render.write_plan_json(result.plan, write), Path(out_file))
     if fmt == "json":  # written a change at a time (see render.write_plan_json)
         with _Batched(lambda text: click.echo(text, nl=False)) as out:
             render.write_plan_json(result.plan, out.write)
         click.echo()
     else:
         click.echo(_render(result.plan, fmt, no_color))
+    if detailed_exitcode and not result.plan.is_empty:
+        sys.exit(2)
+
+
+def _plan_in_parts(
+    repo_path: str, instance: str, rev: str | None, fmt: str, detailed_exitcode: bool, out_file: str | None,
+    no_color: bool, config_path: str | None, state_dir: str | None,
+) -> None:
+    """``plan``'s text and JSON (shown, saved or both), written as the plan is made: a large
+    commit's plan is made one tenant at a time, and shown or saved once every tenant is
+    checked, never held whole (``_Spool``, ``render.PlanJson``). The Markdown is held whole."""
+    with (
+        engine_for(repo_path, config_path, state_dir) as engine,
+        _Spool(output.use_color(no_color)) as text,
+        render.PlanJson() as document,
+    ):
+        def each(part: Plan) -> None:
+            if fmt == "text":
+                text.add(part)
+            if fmt == "json" or out_file:
+                document.add(part)
+
+        result = engine.plan(instance, rev or default_rev(engine.repo, instance), each=each)
+        warn_missing_secrets(result)
+        if out_file:
+            _save_plan(lambda write: document.finish(result.plan, write), Path(out_file))
+        if fmt == "text":
+            text.show(result.plan)
+        else:
+            with _Batched(lambda piece: click.echo(piece, nl=False)) as out:
+                document.finish(result.plan, out.write)
+            click.echo()
     if detailed_exitcode and not result.plan.is_empty:
         sys.exit(2)
 
@@ -195,8 +220,9 @@ def apply(
     )
 
 
-def _save_plan(plan: Plan, path: Path) -> None:
-    """The plan's JSON into ``path``, whole or not at all (written aside, then renamed)."""
+def _save_plan(write_json: Callable[[Callable[[str], object]], None], path: Path) -> None:
+    """A plan's JSON (what ``write_json`` writes) into ``path``, whole or not at all (written
+    aside, then renamed)."""
     def refused(exc: OSError) -> HeadwaterError:
         return HeadwaterError(f"cannot write plan file {path}: {exc.strerror}")
 
@@ -208,7 +234,7 @@ def _save_plan(plan: Plan, path: Path) -> None:
         raise refused(exc) from None
     try:
         with aside:
-            render.write_plan_json(plan, aside.write)
+            write_json(aside.write)
             aside.write("\n")
         os.chmod(aside.name, _mode_of(path))
         os.replace(aside.name, path)
