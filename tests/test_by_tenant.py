@@ -143,6 +143,13 @@ def assert_plans_alike(engine: Engine, instance: str) -> planning.Plan:
         out = []
         document.finish(counted, out.append)
     assert "".join(out) == render.plan_json(whole)
+    # and its Markdown, wherever the size limit cuts it (in the first tenant, or in the last)
+    full = len(render.plan_markdown(whole, max_chars=10**9))
+    for limit in sorted({500, full // 3, full // 2, 2 * full // 3, full - 100, render.MAX_COMMENT_CHARS}):
+        comment = render.PlanMarkdown(max_chars=limit)
+        for part in parts:
+            comment.add(part)
+        assert comment.finish(counted) == render.plan_markdown(whole, max_chars=limit)
     return whole
 
 
@@ -415,6 +422,7 @@ def test_a_file_added_by_hand_goes_as_with_a_whole_apply(engines: tuple[Engine, 
         flows.chmod(0o755)
         (flows / "handmade.yaml").write_text("id: handmade\nnamespace: ops\ntasks: []\n")
     commit(repo_dir, "acme only", {"tenants/acme/company/flows/new.yaml": FLOW.format(id="new", ns="company", msg="x")})
+    assert assert_plans_alike(engines[1], "dev").unmanaged
     whole, by_tenant = both(engines, "dev")
     assert [str(k) for k in whole.plan.unmanaged] == ["globex/ops/flow/handmade"]
     assert by_tenant.plan.summary() == whole.plan.summary()

@@ -68,9 +68,9 @@ def test_missing_secret_values_are_warnings_that_quiet_silences(hw: Headwater) -
 def test_plan_text_and_json_are_made_tenant_by_tenant_and_are_the_whole_plans(
     hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int, tmp_path: Path
 ) -> None:
-    """The text and JSON plans of a large commit go tenant by tenant (the Markdown one is made
-    whole): the same text and JSON, shown or saved, for a commit with changes in two tenants,
-    a drift, and a tenant gone."""
+    """The text, JSON and Markdown plans of a large commit go tenant by tenant: the same
+    output, shown or saved, for a commit with changes in two tenants, a drift, and a tenant
+    gone."""
     monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
     assert hw.apply("dev").code == 0
     commit_on(hw, {
@@ -83,6 +83,7 @@ def test_plan_text_and_json_are_made_tenant_by_tenant_and_are_the_whole_plans(
     for args in ([], ["--no-color"]):
         monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 10**9)
         reference = hw.plan("dev", "-o", "json", *args).out  # made whole
+        comment = hw.plan("dev", "-o", "markdown", *args).out
         whole = Plan.from_json(valid_plan(reference))
         monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
         text = hw.plan("dev", "--detailed-exitcode", *args)
@@ -90,6 +91,7 @@ def test_plan_text_and_json_are_made_tenant_by_tenant_and_are_the_whole_plans(
         assert text.out == render.plan_text(whole, color=False) + "\n"
         assert whole.summary()["delete"] and whole.summary()["update"] and whole.drift
         assert hw.plan("dev", "-o", "json", *args).out == reference
+        assert hw.plan("dev", "-o", "markdown", *args).out == comment
         saved = tmp_path / "saved.json"
         shown = hw.plan("dev", "--out", str(saved), *args)
         assert shown.out == text.out and saved.read_text() == reference

@@ -377,3 +377,29 @@ def test_a_plans_json_written_tenant_by_tenant_is_the_whole_plans() -> None:
     kinds = [(c.action, c.key.tenant, c.key.kind) for c in whole.changes]
     assert kinds.index(("delete", "c", "flow")) < kinds.index(("delete", "a", "flow"))
     assert whole.drift and whole.unmanaged and len({c.key.tenant for c in whole.changes}) == 3
+
+
+def test_a_comment_written_tenant_by_tenant_is_the_whole_plans_wherever_the_limit_cuts() -> None:
+    """Namespaces are kept while the comment might show them, then only counted."""
+    desired: State = {}
+    for tenant in ("a", "b", "c"):
+        for n in range(30):
+            for name in ("one", "two", "three"):
+                key = ResourceKey(tenant, f"ns{n:02}", "secret", name)
+                desired[key] = Resource(key, secret_hash(b"k", f"{tenant}{n}{name}"))
+        desired.update({r.key: r for r in [res("ns00", "file", "a.txt", "line\n" * 40, tenant)]})
+    whole = plan_of(desired, {})
+    parts = [plan_of({k: r for k, r in desired.items() if k.tenant == t}, {}) for t in ("a", "b", "c")]
+    counted = Plan(whole.instance, whole.revision, whole.base, (), (), (), whole.fingerprint, 0, whole.summary())
+    full = len(render.plan_markdown(whole, max_chars=10**9))
+    cut = 0
+    for limit in range(200, full + 400, 97):
+        comment = render.PlanMarkdown(max_chars=limit)
+        for part in parts:
+            comment.add(part)
+        text = comment.finish(counted)
+        assert text == render.plan_markdown(whole, max_chars=limit)
+        cut += "not shown: the comment size limit" in text
+        if limit < full // 4:  # what no comment could show is not kept: here less than a tenant
+            assert len(comment.kept) < 30 and comment.hidden
+    assert cut > 30 and "not shown" not in render.plan_markdown(whole, max_chars=full + 400)

@@ -257,6 +257,10 @@ def plan_markdown(plan: Plan, *, max_chars: int = MAX_COMMENT_CHARS) -> str:
     The hidden ``<!-- headwater-plan:<instance> -->`` marker lets CI update its one comment.
     Diffs are cut, with a note, so that the whole comment stays within ``max_chars``.
     """
+    return _Budget(max_chars).render(_md_head(plan, len(plan.unmanaged)), plan.namespaces().items())
+
+
+def _md_head(plan: Plan, unmanaged: int) -> str:
     counts = plan.summary()
     head = [
         f"<!-- headwater-plan:{_comment_safe(plan.instance)} -->",
@@ -279,13 +283,42 @@ def plan_markdown(plan: Plan, *, max_chars: int = MAX_COMMENT_CHARS) -> str:
             " (marked below); this plan puts back what Git holds.",
             "",
         ]
-    if plan.unmanaged:
+    if unmanaged:
         head += [
-            f"{_resources(len(plan.unmanaged))} on the instance never applied by Headwater,"
+            f"{_resources(unmanaged)} on the instance never applied by Headwater,"
             " left alone.",
             "",
         ]
-    return _Budget(max_chars).render("\n".join(head) + "\n", plan)
+    return "\n".join(head) + "\n"
+
+
+class PlanMarkdown:
+    """``plan_markdown`` for a plan made in parts, one tenant at a time in tenant order
+    (``Engine.plan``'s ``each``): ``add`` each part, then ``finish`` with the whole plan's
+    counts. The comment is the whole plan's, which is never held: a namespace is kept while
+    the comment might still show it, and only counted once even a comment without its head
+    could not (the budget hides every namespace after the first it cannot show)."""
+
+    def __init__(self, *, max_chars: int = MAX_COMMENT_CHARS) -> None:
+        self.max_chars = max_chars
+        self.kept: list[tuple[tuple[str, str], tuple[Change, ...]]] = []
+        self.least = 0  # what the namespaces kept take at least: openings, entries, closings
+        self.hidden = 0  # the changes of the namespaces after them
+        self.unmanaged = 0
+
+    def add(self, part: Plan) -> None:
+        limit = _Budget(self.max_chars).limit
+        for namespace, changes in part.namespaces().items():
+            if self.least > limit:
+                self.hidden += len(changes)
+                continue
+            self.kept.append((namespace, changes))
+            self.least += len(_md_opening(namespace, changes)) + len(_MD_CLOSING)
+            self.least += sum(len(_md_change(change)) for change in changes)
+        self.unmanaged += len(part.unmanaged)
+
+    def finish(self, plan: Plan) -> str:
+        return _Budget(self.max_chars).render(_md_head(plan, self.unmanaged), self.kept, self.hidden)
 
 
 def plans_markdown(plans: list[Plan], *, max_chars: int = MAX_COMMENT_CHARS) -> str:
@@ -325,19 +358,16 @@ class _Budget:
         self.parts.append(text)
         self.used += len(text)
 
-    def render(self, head: str, plan: Plan) -> str:
+    def render(
+        self, head: str, namespaces: Iterable[tuple[tuple[str, str], tuple[Change, ...]]], more: int = 0
+    ) -> str:
+        """The comment: ``head``, then a section per namespace while they fit; ``more``
+        changes after them, not shown."""
         self.add(head)
         hidden = 0
-        for (tenant, namespace), changes in plan.namespaces().items():
-            counts = {action: 0 for action in _SYMBOL}
-            for change in changes:
-                counts[change.action] += 1
-            title = html.escape(_safe(f"{tenant}/{namespace}"))
-            opening = (
-                f"<details><summary>{title} — +{counts['create']} ~{counts['update']}"
-                f" -{counts['delete']}</summary>\n\n"
-            )
-            closing = "</details>\n\n"
+        closing = _MD_CLOSING
+        for namespace, changes in namespaces:
+            opening = _md_opening(namespace, changes)
             if hidden or not self.fits(opening, len(closing)):
                 hidden += len(changes)
                 continue
@@ -354,12 +384,27 @@ class _Budget:
                     room = min(self.limit - self.used - len(closing), self.max_chars // 4)
                     self.add(_md_diff(diff, room))
             self.add(closing)
+        hidden += more
         if hidden:
             self.add(
                 f"_{_resources(hidden)} not shown: the comment size limit was reached."
                 " Run `headwater plan` for the full plan._\n"
             )
         return "".join(self.parts)
+
+
+_MD_CLOSING = "</details>\n\n"
+
+
+def _md_opening(namespace: tuple[str, str], changes: tuple[Change, ...]) -> str:
+    counts = {action: 0 for action in _SYMBOL}
+    for change in changes:
+        counts[change.action] += 1
+    title = html.escape(_safe(f"{namespace[0]}/{namespace[1]}"))
+    return (
+        f"<details><summary>{title} — +{counts['create']} ~{counts['update']}"
+        f" -{counts['delete']}</summary>\n\n"
+    )
 
 
 def _md_change(change: Change) -> str:

@@ -102,16 +102,13 @@ def plan(
     With --base and --head, show what merging HEAD into BASE would change for the instance
     (the pull-request view); no instance state is read.
     """
-    if (base is None) != (head is None):
-        raise click.UsageError("--base and --head go together")
-    if base is None and fmt != "markdown":
+    if base is None or head is None:
+        if base is not None or head is not None:
+            raise click.UsageError("--base and --head go together")
         _plan_in_parts(repo_path, instance, rev, fmt, detailed_exitcode, out_file, no_color, config_path, state_dir)
         return
     with engine_for(repo_path, config_path, state_dir) as engine:
-        if base is not None and head is not None:
-            result = engine.compare(instance, base, head)
-        else:
-            result = engine.plan(instance, rev or default_rev(engine.repo, instance))
+        result = engine.compare(instance, base, head)  # (tenant by tenant, for a large head)
     warn_missing_secrets(result)
     if out_file:
         _save_plan(lambda write: render.write_plan_json(result.plan, write), Path(out_file))
@@ -129,9 +126,10 @@ def _plan_in_parts(
     repo_path: str, instance: str, rev: str | None, fmt: str, detailed_exitcode: bool, out_file: str | None,
     no_color: bool, config_path: str | None, state_dir: str | None,
 ) -> None:
-    """``plan``'s text and JSON (shown, saved or both), written as the plan is made: a large
-    commit's plan is made one tenant at a time, and shown or saved once every tenant is
-    checked, never held whole (``_Spool``, ``render.PlanJson``). The Markdown is held whole."""
+    """``plan``'s output (and the plan saved), made as the plan is: a large commit's plan is
+    made one tenant at a time, and shown or saved once every tenant is checked, never held
+    whole (``_Spool``, ``render.PlanJson``, ``render.PlanMarkdown``)."""
+    comment = render.PlanMarkdown()
     with (
         engine_for(repo_path, config_path, state_dir) as engine,
         _Spool(output.use_color(no_color)) as text,
@@ -140,6 +138,8 @@ def _plan_in_parts(
         def each(part: Plan) -> None:
             if fmt == "text":
                 text.add(part)
+            elif fmt == "markdown":
+                comment.add(part)
             if fmt == "json" or out_file:
                 document.add(part)
 
@@ -149,6 +149,8 @@ def _plan_in_parts(
             _save_plan(lambda write: document.finish(result.plan, write), Path(out_file))
         if fmt == "text":
             text.show(result.plan)
+        elif fmt == "markdown":
+            click.echo(comment.finish(result.plan))
         else:
             with _Batched(lambda piece: click.echo(piece, nl=False)) as out:
                 document.finish(result.plan, out.write)
