@@ -229,6 +229,17 @@ class Engine:
         ``_ReadAhead``)."""
         if ahead is None:
             return snapshot.load(self.repo, rev, cache=self.cache, listed=listed)
+        return snapshot.load(self.repo, rev, cache=self.cache, meanwhile=self._reading(ahead), listed=listed)
+
+    def _piece(
+        self, pieces: snapshot.Pieces, instance: str, folder: str, ahead: _ReadAhead | None = None
+    ) -> snapshot.Snapshot:
+        """``snapshot.piece`` of ``folder``, with ``ahead`` as ``load`` takes it."""
+        meanwhile = None if ahead is None else self._reading(ahead)
+        return snapshot.piece(self.repo, pieces, instance, folder, cache=self.cache, meanwhile=meanwhile)
+
+    def _reading(self, ahead: _ReadAhead) -> snapshot.Meanwhile:
+        """The work that fills ``ahead`` while a snapshot's flows are validated."""
 
         def read_ahead(
             tree: layout.Layout, instances: Mapping[str, snapshot.InstanceSpec], flows: Mapping[str, bytes]
@@ -244,7 +255,7 @@ class Engine:
             }
             ahead.hashes, ahead.read = self._blob_hashes(oids, at_hand=flows)
 
-        return snapshot.load(self.repo, rev, cache=self.cache, meanwhile=read_ahead, listed=listed)
+        return read_ahead
 
     def check(self, snap: snapshot.Snapshot, instance: str) -> list[Diagnostic]:
         _defined(instance, snap.revision, snap.instances)
@@ -495,14 +506,15 @@ class Engine:
         for folder in sorted({*head.folders, *(base.folders if in_base else ())}):
             wanted = Desired(head.revision, {}, {}, {}, ())  # a tenant gone in the head
             if folder in head.folders:
-                snap = snapshot.piece(self.repo, head, instance, folder, cache=self.cache)
+                ahead = None if failed else _ReadAhead(instance)  # (read and hashed meanwhile)
+                snap = self._piece(head, instance, folder, ahead)
                 found = snap.report([instance])
                 report.update(found)
                 failed = failed or _has_error(found)
                 if not failed:
-                    wanted = self.desired(snap, instance, content=False)
+                    wanted = self.desired(snap, instance, content=False, ahead=ahead)
                     missing += wanted.missing_secrets
-                del snap
+                del snap, ahead
             if failed:
                 continue
             if not in_base or folder not in base.folders:
@@ -514,9 +526,10 @@ class Engine:
                 ))
                 continue
             else:
-                snap = snapshot.piece(self.repo, base, instance, folder, cache=self.cache)
-                had = self.desired(snap, instance, content=False)
-                del snap
+                ahead = _ReadAhead(instance)
+                snap = self._piece(base, instance, folder, ahead)
+                had = self.desired(snap, instance, content=False, ahead=ahead)
+                del snap, ahead
             based.add(had.state)
             had = self.with_content(had, _differing(had.state, wanted.state))
             wanted = self.with_content(wanted, _differing(wanted.state, had.state))
@@ -720,7 +733,10 @@ class Engine:
                 lock.refresh(LOCK_TTL)
             desired = Desired(revision, {}, {}, {}, ())  # a tenant gone from the commit
             if folder in pieces.folders:
-                snap = snapshot.piece(self.repo, pieces, instance, folder, cache=self.cache)
+                # A plan shown reads and hashes the blobs while the flows are validated (whole
+                # plans do): they are all shown. (An apply's shares the namespaces unchanged.)
+                ahead = _ReadAhead(instance) if plan and each is not None and not failed else None
+                snap = self._piece(pieces, instance, folder, ahead)
                 found = snap.report([instance])
                 report.update(found)
                 failed = failed or _has_error(found)
@@ -730,8 +746,8 @@ class Engine:
                 checked += len(view.namespaces)
                 if not plan or failed:
                     continue
-                desired = self.desired(snap, instance, content=False)
-                del snap, view
+                desired = self.desired(snap, instance, content=False, ahead=ahead)
+                del snap, view, ahead
             elif failed:
                 continue
             managed = self.store.inventory(instance, tenant=folder)

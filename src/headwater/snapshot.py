@@ -340,12 +340,17 @@ def split(repo: GitRepo, rev: str) -> Pieces:
 
 
 @heap.paused()
-def piece(repo: GitRepo, pieces: Pieces, instance: str, folder: str | None, *, cache: ResultCache) -> Snapshot:
+def piece(
+    repo: GitRepo, pieces: Pieces, instance: str, folder: str | None, *, cache: ResultCache,
+    meanwhile: Meanwhile | None = None,
+) -> Snapshot:
     """One tenant folder of ``pieces`` (None: what is outside them, the root files with
     their diagnostics) loaded for ``instance``: its report is that folder's part of the whole
-    commit's (``summarize`` files it under the folder)."""
+    commit's (``summarize`` files it under the folder). ``meanwhile`` as for ``load``."""
     entries = pieces.outside if folder is None else pieces.folders[folder]
-    snap = _load(repo, pieces.revision, entries, pieces.root, cache, root_diagnostics=folder is None)
+    snap = _load(
+        repo, pieces.revision, entries, pieces.root, cache, root_diagnostics=folder is None, meanwhile=meanwhile,
+    )
     snap.partial = Partial(instance, {})
     return snap
 
