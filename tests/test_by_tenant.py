@@ -12,7 +12,6 @@ from typing import Any, TypeVar
 
 import pytest
 
-from headwater import engine as engine_module
 from headwater import plan as planning
 from headwater import render, snapshot
 from headwater.engine import Engine, PlanResult
@@ -42,7 +41,7 @@ CHANGES: list[dict[str, str | None]] = [
 @pytest.fixture(autouse=True)
 def every_commit_by_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI's plan and apply go tenant by tenant above a size; here, always."""
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 0)
 
 
 @pytest.fixture
@@ -575,7 +574,7 @@ def test_below_the_size_a_plan_and_an_apply_go_whole_and_each_sees_the_whole_pla
 ) -> None:
     engine = engines[1]
     listed = len(snapshot.split(engine.repo, "HEAD").entries)
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", listed + 1)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", listed + 1)
     monkeypatch.setattr(Engine, "_count_by_tenant", lambda *a, **k: pytest.fail("went tenant by tenant"))
     rev = engine.repo.resolve("HEAD")
     parts: list[planning.Plan] = []
@@ -584,7 +583,7 @@ def test_below_the_size_a_plan_and_an_apply_go_whole_and_each_sees_the_whole_pla
     applied = full_apply(engine, "dev", by_tenant=None, each=parts.append).plan
     assert parts == [planned, applied] and applied.changes == planned.changes
     monkeypatch.undo()  # _count_by_tenant back
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", listed)  # at the size: by tenant
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", listed)  # at the size: by tenant
     parts.clear()
     assert engine.plan("dev", rev, each=parts.append).plan.counted is not None
     assert len(parts) == len(engine.target("dev").tenants()) > 1
@@ -606,9 +605,9 @@ tasks:
 def compared_alike(engine: Engine, monkeypatch: pytest.MonkeyPatch, instance: str, base: str, head: str) -> planning.Plan:
     """``compare`` tenant by tenant makes the whole compare's plan, change for change in its
     order, with its fingerprint and counts; its Markdown and JSON are the same."""
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 10**9)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 10**9)
     whole = engine.compare(instance, base, head)
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 0)
     loaded: list[str | None] = []
     real = snapshot.piece
 
@@ -658,7 +657,7 @@ def test_a_pull_request_view_made_tenant_by_tenant_is_the_whole_one(
     # root files changed: every folder loaded from both commits; the same ones: only those changed
     loaded: list[str | None] = []
     real = snapshot.piece
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 0)
     monkeypatch.setattr(snapshot, "piece", lambda repo, pieces, inst, folder, **kw: (
         loaded.append(folder), real(repo, pieces, inst, folder, **kw))[1])
     assert engine.compare("dev", readme, rooted).plan.summary()["update"] > 0
@@ -680,7 +679,7 @@ def test_a_pull_request_view_made_tenant_by_tenant_refuses_an_invalid_head_alike
     head = commit(repo_dir, "errors", ERRORS)
     raised = []
     for size in (10**9, 0):
-        monkeypatch.setattr(engine_module, "BY_TENANT_FROM", size)
+        monkeypatch.setattr(snapshot, "BY_TENANT_FROM", size)
         with pytest.raises(ValidationFailed) as info:
             engine.compare("dev", base, head)
         raised.append(info.value)

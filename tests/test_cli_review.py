@@ -13,6 +13,7 @@ import yaml
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from headwater import snapshot
 from headwater.cli.main import cli
 from tests.gitutil import ROOT, commit
 from tests.test_promote import (
@@ -71,7 +72,11 @@ def with_secret(world: World, rev: str = "main") -> str:
 # -- 4. check --------------------------------------------------------------------------------
 
 
-def test_check_reports_owners_and_a_locked_path_set_by_a_child(world: World) -> None:
+@pytest.mark.parametrize("by_tenant_from", [0, snapshot.BY_TENANT_FROM])
+def test_check_reports_owners_and_a_locked_path_set_by_a_child(
+    world: World, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int
+) -> None:
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", by_tenant_from)  # large: tenant by tenant
     locked = world.show("main", TEAM_NS).replace(
         "  batch_size: 500\n", "  batch_size: 500\n  db: {host: rogue}\n"
     )
@@ -118,7 +123,11 @@ def test_check_reports_owners_and_a_locked_path_set_by_a_child(world: World) -> 
     assert markdown.out.startswith("<!-- headwater-plan-comment -->")  # CI still finds its comment
 
 
-def test_check_markdown_with_plans_is_the_pull_request_comment(world: World) -> None:
+@pytest.mark.parametrize("by_tenant_from", [0, snapshot.BY_TENANT_FROM])
+def test_check_markdown_with_plans_is_the_pull_request_comment(
+    world: World, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int
+) -> None:
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", by_tenant_from)  # large: tenant by tenant
     feature(
         world,
         {

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from headwater import engine as engine_module
-from headwater import render
+from headwater import render, snapshot
 from headwater.plan import Plan
 from headwater.targets.local import LocalTarget
 from tests.gitutil import ROOT, commit, git
@@ -64,14 +63,14 @@ def test_missing_secret_values_are_warnings_that_quiet_silences(hw: Headwater) -
     assert quiet.code == 0 and quiet.err == "" and "Plan: 41 to create" in quiet.out
 
 
-@pytest.mark.parametrize("by_tenant_from", [0, engine_module.BY_TENANT_FROM])
+@pytest.mark.parametrize("by_tenant_from", [0, snapshot.BY_TENANT_FROM])
 def test_plan_text_and_json_are_made_tenant_by_tenant_and_are_the_whole_plans(
     hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int, tmp_path: Path
 ) -> None:
     """The text, JSON and Markdown plans of a large commit go tenant by tenant: the same
     output, shown or saved, for a commit with changes in two tenants, a drift, and a tenant
     gone."""
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", by_tenant_from)
     assert hw.apply("dev").code == 0
     commit_on(hw, {
         "tenants/acme/company/flows/hello.yaml": HELLO_DEV,
@@ -81,11 +80,11 @@ def test_plan_text_and_json_are_made_tenant_by_tenant_and_are_the_whole_plans(
     flow.chmod(0o644)
     flow.write_text("changed by hand\n")
     for args in ([], ["--no-color"]):
-        monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 10**9)
+        monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 10**9)
         reference = hw.plan("dev", "-o", "json", *args).out  # made whole
         comment = hw.plan("dev", "-o", "markdown", *args).out
         whole = Plan.from_json(valid_plan(reference))
-        monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
+        monkeypatch.setattr(snapshot, "BY_TENANT_FROM", by_tenant_from)
         text = hw.plan("dev", "--detailed-exitcode", *args)
         assert text.code == 2
         assert text.out == render.plan_text(whole, color=False) + "\n"
@@ -99,11 +98,11 @@ def test_plan_text_and_json_are_made_tenant_by_tenant_and_are_the_whole_plans(
     assert len({c.key.tenant for c in whole.changes}) > 1
 
 
-@pytest.mark.parametrize("by_tenant_from", [0, engine_module.BY_TENANT_FROM])
+@pytest.mark.parametrize("by_tenant_from", [0, snapshot.BY_TENANT_FROM])
 def test_a_plan_of_an_invalid_commit_shows_no_part_of_a_plan(
     hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int
 ) -> None:
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", by_tenant_from)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", by_tenant_from)
     commit_on(hw, {
         "tenants/acme/company/flows/hello.yaml": HELLO_DEV,  # a change in the first tenant
         "tenants/zeta/ops/flows/broken.yaml": "id: broken\n  tasks: [\n",  # an error in the last
@@ -592,7 +591,7 @@ def test_an_apply_goes_tenant_by_tenant_shows_the_whole_plan_and_ends_as_a_quiet
         return real(self, *args)
 
     monkeypatch.setattr(Engine, "_apply_by_tenant", counted)
-    monkeypatch.setattr(engine_module, "BY_TENANT_FROM", 0)  # a large commit, as far as the CLI knows
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 0)  # a large commit, as far as the CLI knows
     loud, quiet = Headwater(sample, tmp_path / "loud", capsys), Headwater(sample, tmp_path / "quiet", capsys)
     whole = loud.plan("dev", "-o", "json")  # the whole plan (JSON is made whole)
     expected = render.plan_text(Plan.from_json(json.loads(whole.out)), color=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from headwater import review, snapshot
+from headwater.cli.review import review_of
 from headwater.gitrepo import GitRepo
 from tests.gitutil import commit, git
 
@@ -18,16 +19,20 @@ PYTHON = "io.kestra.plugin.scripts.python.Script"
 
 
 def change(repo: Path, edits: dict[str, str | None], base: str = "main") -> review.Review:
+    """The review of ``edits`` on top of ``base``; ``check``'s, tenant by tenant (as for a
+    large commit), is the same."""
     git(repo, "switch", "-q", "-C", "feature", base)
     files: dict[str, str | bytes | None] = {}
     for path, new in edits.items():
         files[path] = new
     head = commit(repo, "feature", files)
     with GitRepo(repo) as r:
-        since = r.merge_base(base, head) or base
-        return review.review(
-            snapshot.load(r, since), snapshot.load(r, head), r.diff_tree(since, head)
-        )
+        since = r.merge_base(base, head) or r.resolve(base)
+        whole = review.review(snapshot.load(r, since), snapshot.load(r, head), r.diff_tree(since, head))
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(snapshot, "BY_TENANT_FROM", 0)
+            assert review_of(r, since, head) == whole
+        return whole
 
 
 def text(repo: Path, path: str) -> str:
@@ -215,3 +220,36 @@ def test_malformed_configs_are_reported_not_crashed_on(sample: Path) -> None:
     )
     assert r.errors  # the validator says what is wrong; the review still completes
     assert [c.lock for c in r.lock_changes] == ["variables.x"]
+
+
+def test_a_review_reports_what_is_wrong_in_tenants_the_change_does_not_touch(sample: Path) -> None:
+    """A large head is checked tenant by tenant and only the touched tenants loaded whole
+    (``change`` compares both): an error elsewhere in the head is still reported."""
+    commit(sample, "a broken flow in globex", {"tenants/globex/ops/flows/broken.yaml": "id: broken\n  tasks: [\n"})
+    r = change(sample, {REPORT: text(sample, REPORT).replace("report ready", "report done")})
+    assert r.errors == 1
+    assert [d.path for d in r.diagnostics if d.severity == "error"] == ["tenants/globex/ops/flows/broken.yaml"]
+    assert [(ns.tenant, ns.namespace) for ns in r.namespaces] == [("acme", "company.team.project-a")]
+
+
+def test_a_commit_reported_tenant_by_tenant_is_reported_as_whole(sample: Path) -> None:
+    """``check`` of a large head reports it one tenant folder at a time: errors and warnings
+    in several tenants, at the root and under tenants/, and one that concerns an instance
+    only, labelled so, for every instance or some."""
+    from tests.test_partial import ERRORS, WARNINGS
+
+    tenant = text(sample, TENANT).replace("environments:", "locked: [variables.company]\nenvironments:")
+    child = text(sample, COMPANY_NS).replace(
+        "  prod:\n    variables:\n", "  prod:\n    variables:\n      company: NotACME\n")
+    head = commit(sample, "everything at once", {
+        **ERRORS, **WARNINGS, TENANT: tenant, COMPANY_NS: child,
+        "headwater.yaml": text(sample, "headwater.yaml") + "colour: blue\n",  # a root file's error
+    })
+    with GitRepo(sample) as repo:
+        whole = snapshot.load(repo, head)
+        for names in (["dev", "prod"], ["prod"], ["dev"]):
+            assert snapshot.report_by_tenant(repo, snapshot.split(repo, head), names) == whole.report(names)
+        found = whole.report(["dev", "prod"])
+    assert {d.path.split("/")[1] for d in found if d.path.startswith("tenants/")} >= {"acme", "globex"}
+    assert any("(instance prod)" in d.message for d in found)
+    assert any(d.path == "headwater.yaml" for d in found)

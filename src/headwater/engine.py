@@ -54,12 +54,6 @@ SecretValues = dict[tuple[str, str], dict[str, str]]
 # tenant by tenant extends it after each tenant, however long the whole takes.
 LOCK_TTL = 300.0
 NsKey = tuple[str, str]
-# The CLI plans and applies a commit listing this many entries or more (files and folders
-# of its tree) tenant by tenant, holding one tenant at a time; a smaller one whole, which is
-# faster (one validation pool, blobs hashed meanwhile). The whole plan's memory grows with
-# the commit: 10,000 flows and 20,000 files list some 32,000 entries (whole: 0.3 GB); 50,000
-# flows and 100,000 files, 152,000 (whole: 1.25 GB, by tenant: 0.35 GB).
-BY_TENANT_FROM = 50_000
 # Given each tenant's part of a plan made tenant by tenant (``Engine.plan``, ``apply``).
 Each = Callable[[planning.Plan], None]
 
@@ -420,7 +414,7 @@ class Engine:
     def plan(self, instance: str, rev: str, *, each: Each | None = None) -> PlanResult:
         """What applying ``rev`` to the instance would change, drift included.
 
-        With ``each``, a commit listing ``BY_TENANT_FROM`` entries or more is planned one
+        With ``each``, a commit listing ``snapshot.BY_TENANT_FROM`` entries or more is planned one
         tenant folder at a time, as a full apply by tenant goes (``_count_by_tenant``),
         holding one tenant's snapshot, desired state and plan at a time: ``each`` is given
         each tenant's plan, in order (together, the changes of the whole plan, namespace by
@@ -432,7 +426,7 @@ class Engine:
         listed = None
         if each is not None:
             listed = snapshot.split(self.repo, rev)
-            if len(listed.entries) >= BY_TENANT_FROM:
+            if len(listed.entries) >= snapshot.BY_TENANT_FROM:
                 return self._plan_by_tenant(instance, listed, each)
         ahead = _ReadAhead(instance)
         snap = self.valid_snapshot(rev, instance, ahead=ahead, listed=listed)
@@ -467,11 +461,11 @@ class Engine:
     def compare(self, instance: str, base: str, head: str) -> PlanResult:
         """The pull-request view: desired state at ``base`` vs at ``head``; no instance needed.
 
-        A ``head`` listing ``BY_TENANT_FROM`` entries or more is compared one tenant folder
+        A ``head`` listing ``snapshot.BY_TENANT_FROM`` entries or more is compared one tenant folder
         at a time (``_compare_by_tenant``): the same plan, without holding either commit whole.
         """
         listed = snapshot.split(self.repo, head)
-        if len(listed.entries) >= BY_TENANT_FROM:
+        if len(listed.entries) >= snapshot.BY_TENANT_FROM:
             return self._compare_by_tenant(instance, snapshot.split(self.repo, base), listed)
         head_snap = self.valid_snapshot(listed.revision, instance, listed=listed)
         head_state = self.desired(head_snap, instance, content=False)
@@ -569,7 +563,7 @@ class Engine:
         apply of a descendant commit then works from ``git diff-tree`` and touches only the
         namespaces the change reaches (``_apply_changes``). ``by_tenant`` (the daemon): a
         full apply goes through the commit one tenant at a time and returns the plan's counts
-        only (``_apply_by_tenant``); None: only a commit of ``BY_TENANT_FROM`` entries or more
+        only (``_apply_by_tenant``); None: only a commit of ``snapshot.BY_TENANT_FROM`` entries or more
         does (the CLI). ``each`` is given the plan before ``confirm`` is asked, as ``plan``
         gives it: tenant by tenant, or whole.
         """
@@ -582,7 +576,7 @@ class Engine:
                 return done
             if by_tenant is not False:
                 listed = snapshot.split(self.repo, rev)
-                if by_tenant or len(listed.entries) >= BY_TENANT_FROM:
+                if by_tenant or len(listed.entries) >= snapshot.BY_TENANT_FROM:
                     return self._apply_by_tenant(instance, listed, trigger, allow_mass_delete, confirm, each)
         self.forget(instance)
         ahead = _ReadAhead(instance)

@@ -241,10 +241,17 @@ def merge_codeowners(existing: str | None, block: str) -> str:
 # -- review ----------------------------------------------------------------------------------
 
 
-def review(base: Snapshot, head: Snapshot, changes: Iterable[tuple[str, str]]) -> Review:
-    """The review of the change from ``base`` to ``head`` (``changes``: git status, path)."""
+def review(
+    base: Snapshot, head: Snapshot, changes: Iterable[tuple[str, str]],
+    *, diagnostics: Iterable[Diagnostic] | None = None,
+) -> Review:
+    """The review of the change from ``base`` to ``head`` (``changes``: git status, path).
+
+    ``diagnostics``: the head commit's report for every instance, when ``head`` holds only
+    the tenant folders the change touches (``snapshot.folders``); by default, ``head``'s.
+    """
     instances = tuple(sorted(head.instances))
-    diagnostics = tuple(head.report(instances))
+    report = tuple(head.report(instances) if diagnostics is None else diagnostics)
     by_ns: dict[tuple[str, str], list[tuple[str, str]]] = {}
     by_scope: dict[str, list[tuple[str, str]]] = {}
     others: list[tuple[str, str]] = []
@@ -292,7 +299,7 @@ def review(base: Snapshot, head: Snapshot, changes: Iterable[tuple[str, str]]) -
         base.revision,
         head.revision,
         instances,
-        diagnostics,
+        report,
         tuple(namespaces),
         scopes,
         tuple(locks.values()),

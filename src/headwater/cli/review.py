@@ -75,11 +75,7 @@ def check(
         head_sha = repo.resolve(head)
         base_sha = repo.resolve(base)
         since = repo.merge_base(base_sha, head_sha) or base_sha
-        result = review.review(
-            snapshot.load(repo, since),
-            snapshot.load(repo, head_sha),
-            repo.diff_tree(since, head_sha),
-        )
+        result = review_of(repo, since, head_sha)
         plans: list[Plan] | None = None
         note = ""
         if with_plans:
@@ -106,6 +102,24 @@ def check(
         raise SystemExit(1)
 
 
+def review_of(repo: GitRepo, since: str, head: str) -> review.Review:
+    """``review.review`` of the change from ``since`` to ``head`` (commit ids). A head listing
+    ``BY_TENANT_FROM`` entries or more is checked one tenant folder at a time, and only the
+    folders the change touches are loaded whole (in both commits), unless it touches a path
+    outside them (the root files): the same review, without holding either commit whole."""
+    changes = repo.diff_tree(since, head)
+    listed = snapshot.split(repo, head)
+    touched = {snapshot.tenant_folder(path) for _status, path in changes}
+    if len(listed.entries) < snapshot.BY_TENANT_FROM or "" in touched:
+        return review.review(snapshot.load(repo, since), snapshot.load(repo, head, listed=listed), changes)
+    return review.review(
+        snapshot.folders(repo, snapshot.split(repo, since), touched),
+        snapshot.folders(repo, listed, touched),
+        changes,
+        diagnostics=snapshot.report_by_tenant(repo, listed, sorted(listed.instances)),
+    )
+
+
 def base_branch(base: str, known: set[str]) -> str | None:
     """The branch a base ref names: ``origin/main``, ``refs/remotes/origin/main`` → ``main``."""
     candidates = [base, base.removeprefix("refs/heads/")]
@@ -125,15 +139,15 @@ def _plans(
     config_path: str | None,
     state_dir: str | None,
 ) -> tuple[list[Plan], str]:
-    head_snap = snapshot.load(repo, head_sha)
-    branches = {spec.branch for spec in head_snap.instances.values()}
+    instances = snapshot.instances(repo, head_sha)  # headwater.yaml alone
+    branches = {spec.branch for spec in instances.values()}
     branch = branch or base_branch(base, branches)
     if branch is None:
         raise HeadwaterError(
             f"cannot tell which branch {base!r} is",
             hint="pass --branch NAME (the pull request's base branch)",
         )
-    names = sorted(n for n, spec in head_snap.instances.items() if spec.branch == branch)
+    names = sorted(n for n, spec in instances.items() if spec.branch == branch)
     if result.errors:
         return [], "_Plans not computed: the head does not validate._"
     target, note = head_sha, ""
