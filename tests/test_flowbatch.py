@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -114,3 +117,29 @@ def test_a_loaded_snapshot_is_the_same_with_workers_or_without(sample: Path, mon
     assert alone.configs.keys() == shared.configs.keys() and alone.configs
     assert alone.diagnostics == shared.diagnostics
     assert alone.parsed == shared.parsed and alone.flows == shared.flows
+
+
+def test_a_missing_blob_among_forked_workers_is_an_error_not_a_hang(sample: Path, tmp_path: Path) -> None:
+    """Forked workers hold a copy of the reader's pipe to Git: a blob found missing after they
+    start must still end that Git (run apart, so that a hang fails the test, not the run)."""
+    script = tmp_path / "missing.py"
+    script.write_text(
+        "import sys\n"
+        "from headwater import flowbatch, snapshot\n"
+        "from headwater.errors import GitError\n"
+        "from headwater.gitrepo import GitRepo\n"
+        "flowbatch.PARALLEL_MIN, flowbatch.CHUNK = 1, 1\n"
+        "assert flowbatch._start_method().get_start_method() == 'fork'\n"
+        f"with GitRepo({str(sample)!r}) as repo:\n"
+        "    snap = snapshot.load(repo, 'HEAD')\n"
+        "    items = [(i.entry.oid, i.entry.path, i.flow_id, i.namespace) for i in snap.flows.values()]\n"
+        "    items.insert(2, ('0' * 40, 'tenants/acme/company/flows/gone.yaml', 'gone', 'company'))\n"
+        "    try:\n"
+        "        flowbatch.validate_many(repo, items, snap.registry, [])\n"
+        "    except GitError as exc:\n"
+        "        print(exc.message)\n"
+    )
+    env = {**os.environ, "HEADWATER_WORKERS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"missing Git object {'0' * 40}"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -102,8 +103,9 @@ class _CallerFailed(Exception):
 
 
 def _start_method() -> BaseContext:
-    """fork when this process runs no other thread, else spawn (see the module's text)."""
-    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+    """fork on Linux when this process runs no other thread, else spawn (see the module's
+    text; macOS lists fork, but its system libraries are not safe across one)."""
+    if sys.platform == "linux" and threading.active_count() == 1:
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 

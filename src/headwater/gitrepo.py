@@ -413,21 +413,29 @@ class BlobReader:
         writer = threading.Thread(target=feed, daemon=True)
         writer.start()
         result: dict[str, bytes] = {}
+        answered = 0
         try:
             for oid, data in _batch_reader(proc.stdout, len(wanted)):
-                result[oid] = data
+                answered += 1
+                if data is not None:
+                    result[oid] = data
         except BaseException:  # answers left unread would be taken for the next read's
             proc.kill()  # (first: the writer may be blocked on a full pipe, holding stdin)
             self.close()
             raise
         finally:
             writer.join()
-        missing = [oid for oid in wanted if oid not in result]
-        if missing:
+        if len(result) < len(wanted):
+            missing = next(oid for oid in wanted if oid not in result)
+            if answered == len(wanted):
+                # Git answered every one and waits for more: end it (another process, such
+                # as a forked validation worker, may hold its input open, so it never sees
+                # the end of it)
+                proc.kill()
+                self.close()
+                raise GitError(f"missing Git object {missing}", hint="the repository may be corrupt")
             self.close()
-            if failed or proc.returncode:
-                raise GitError(f"git cat-file stopped (exit {proc.returncode})", hint="the repository may be corrupt")
-            raise GitError(f"missing Git object {missing[0]}", hint="the repository may be corrupt")
+            raise GitError(f"git cat-file stopped (exit {proc.returncode})", hint="the repository may be corrupt")
         return result
 
     def close(self) -> None:
@@ -438,7 +446,11 @@ class BlobReader:
         with contextlib.suppress(OSError):  # it is gone already
             proc.stdin.close()
         proc.stdout.close()
-        proc.wait()
+        try:
+            proc.wait(timeout=_CLOSE_WAIT)
+        except subprocess.TimeoutExpired:  # another process holds its input open: it would wait forever
+            proc.kill()
+            proc.wait()
 
     def __enter__(self) -> BlobReader:
         return self
@@ -447,7 +459,12 @@ class BlobReader:
         self.close()
 
 
-def _batch_reader(stream: object, count: int) -> Iterator[tuple[str, bytes]]:
+_CLOSE_WAIT = 30.0  # seconds a closed git cat-file gets to end
+
+
+def _batch_reader(stream: object, count: int) -> Iterator[tuple[str, bytes | None]]:
+    """The answers of ``git cat-file --batch``, in order: a blob id and its content (None:
+    missing); fewer than ``count`` if Git stops."""
     from typing import BinaryIO, cast
 
     out = cast(BinaryIO, stream)
@@ -457,6 +474,7 @@ def _batch_reader(stream: object, count: int) -> Iterator[tuple[str, bytes]]:
             return
         parts = header.split()
         if len(parts) == 2 and parts[1] == b"missing":
+            yield parts[0].decode(), None
             continue
         oid, _kind, size = parts[0].decode(), parts[1], int(parts[2])
         data = out.read(size)

@@ -362,24 +362,24 @@ def piece(
     return snap
 
 
-def folders(repo: GitRepo, pieces: Pieces, names: Iterable[str], *, cache: ResultCache | None = None) -> Snapshot:
+def folders(repo: GitRepo, pieces: Pieces, names: Iterable[str]) -> Snapshot:
     """The commit of ``pieces`` with its root files and, of its tenant folders, those of
     ``names`` it has: for what concerns those folders alone (the review of a change inside
-    them). Its report is not the whole commit's (``report_by_tenant`` is)."""
+    them). Its report is not the whole commit's (``report_by_tenant`` is). Without a result
+    cache: it would take the checks of these folders for the commit's."""
     wanted = sorted(set(names) & pieces.folders.keys())
     return _load(repo, pieces.revision, [*pieces.outside, *(e for n in wanted for e in pieces.folders[n])],
-                 pieces.root, cache)
+                 pieces.root, None)
 
 
-def report_by_tenant(
-    repo: GitRepo, pieces: Pieces, instances: Iterable[str], *, cache: ResultCache | None = None
-) -> list[Diagnostic]:
+def report_by_tenant(repo: GitRepo, pieces: Pieces, instances: Iterable[str]) -> list[Diagnostic]:
     """``Snapshot.report`` of the whole commit of ``pieces`` for ``instances``, made one tenant
-    folder at a time: each folder's diagnostics, and which instances they concern, are its own."""
+    folder at a time: each folder's diagnostics, and which instances they concern, are its own.
+    Without a result cache (see ``folders``)."""
     names, found = list(instances), set[Diagnostic]()
     for folder in [None, *sorted(pieces.folders)]:
         entries = pieces.outside if folder is None else pieces.folders[folder]
-        found.update(_load(repo, pieces.revision, entries, pieces.root, cache, root_diagnostics=folder is None).report(names))
+        found.update(_load(repo, pieces.revision, entries, pieces.root, None, root_diagnostics=folder is None).report(names))
     return ordered(found)
 
 

@@ -57,7 +57,8 @@ class Document:
       in document order, keys before their values, each with the mark ``mark`` gives its
       place (an alias repeats those of its anchor, at the alias's mark);
     - ``plain``: the value is plain JSON, no NaN or ±Infinity in it, nested at most
-      ``MAX_DEPTH`` deep (see ``schemas``).
+      ``MAX_DEPTH`` deep (see ``schemas``); not noted when an alias repeats a map or a list
+      (it may nest deeper than the text does).
     """
 
     path: str
@@ -400,6 +401,8 @@ def _compose(
                     "keys must be plain strings",
                 )
             weight += count
+            if value.__class__ is dict or value.__class__ is list:
+                plain = False  # (how deep it nests, the text does not say)
             if texts:  # inside an alias, every place has the alias's mark
                 at = key_mark if key is not None else mark
                 found.extend((at, text) for text in texts)
