@@ -72,14 +72,6 @@ def warn_missing_secrets(result: PlanResult) -> None:
         )
 
 
-def _render(plan: Plan, fmt: str, no_color: bool) -> str:
-    if fmt == "json":
-        return render.plan_json(plan)
-    if fmt == "markdown":
-        return render.plan_markdown(plan)
-    return render.plan_text(plan, output.use_color(no_color))
-
-
 @click.command()
 @repo_option
 @instance_option
@@ -116,8 +108,10 @@ def plan(
         with _Batched(lambda text: click.echo(text, nl=False)) as out:
             render.write_plan_json(result.plan, out.write)
         click.echo()
+    elif fmt == "markdown":
+        click.echo(render.plan_markdown(result.plan))
     else:
-        click.echo(_render(result.plan, fmt, no_color))
+        click.echo(render.plan_text(result.plan, output.use_color(no_color)))
     if detailed_exitcode and not result.plan.is_empty:
         sys.exit(2)
 
