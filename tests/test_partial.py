@@ -70,7 +70,7 @@ def assert_same_loaded(got: snapshot.Snapshot, want: snapshot.Snapshot, instance
     loaded = set(got.layout.tenants)
     assert {t: want.layout.tenants[t] for t in loaded} == got.layout.tenants
     assert got.flows == {k: v for k, v in want.flows.items() if k[0] in loaded}
-    assert got.configs == {p: d for p, d in want.configs.items() if snapshot._tenant_folder(p) in loaded}
+    assert got.configs == {p: d for p, d in want.configs.items() if snapshot.tenant_folder(p) in loaded}
     namespaces = {k: v for k, v in want.view(instance).namespaces.items() if k[0] in loaded}
     assert got.view(instance).namespaces == namespaces
     assert got.partial is not None
@@ -164,7 +164,7 @@ def test_an_update_of_a_partial_snapshot_equals_a_full_load(
     head = commit(repo_dir, edit, EDITS[edit])
     update = snapshot.update(old, repo, head, cache=cache)
     assert update is not None, edit
-    reached = {snapshot._tenant_folder(p) for p in EDITS[edit]} - {""}
+    reached = {snapshot.tenant_folder(p) for p in EDITS[edit]} - {""}
     assert set(update.filled) == reached
     # what it touches (to rebuild and apply) is what an update of the whole commit touches
     whole_update = snapshot.update(whole(repo, "HEAD~1", instance, cache), repo, head, cache=cache)

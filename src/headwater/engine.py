@@ -492,7 +492,7 @@ class Engine:
         report = set(outside.report([instance]))
         failed = _has_error(report)  # once it has, only the report matters (the commit is refused)
         in_base = instance in base.instances
-        same_root = in_base and _listed(_root_files(base)) == _listed(_root_files(head))
+        same_root = in_base and _listed(base.root_files) == _listed(head.root_files)
         parts: list[planning.Plan] = []
         calls: dict[ResourceKey, set[ResourceKey]] = {}
         missing: list[ResourceKey] = []
@@ -1116,11 +1116,6 @@ def _calls(view: snapshot.InstanceView, tenants: Collection[str] | None = None) 
         for fid, info in ns.flows.items()
         if info.refs is not None
     }
-
-
-def _root_files(pieces: snapshot.Pieces) -> list[TreeEntry]:
-    """The files outside the tenant folders that a folder's desired state depends on."""
-    return [e for e in pieces.outside if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)]
 
 
 def _listed(entries: Iterable[TreeEntry]) -> list[tuple[str, str, str]]:

@@ -18,6 +18,7 @@ from headwater.gitrepo import MODE_SUBMODULE, MODE_SYMLINK, TreeEntry
 TENANTS_DIR = "tenants"
 REPO_CONFIG = "headwater.yaml"
 IGNORE_FILE = ".headwaterignore"
+ROOT_FILES = (REPO_CONFIG, IGNORE_FILE)  # what a commit's root says of all its tenants
 TENANT_CONFIG = "tenant.yaml"
 NAMESPACE_CONFIG = "namespace.yaml"
 RESERVED = ("flows", "files")

@@ -307,9 +307,8 @@ class PlanMarkdown:
         self.unmanaged = 0
 
     def add(self, part: Plan) -> None:
-        limit = _Budget(self.max_chars).limit
         for namespace, changes in part.namespaces().items():
-            if self.least > limit:
+            if self.least > self.max_chars - _Budget.RESERVE:  # (the budget's limit)
                 self.hidden += len(changes)
                 continue
             self.kept.append((namespace, changes))

@@ -327,7 +327,7 @@ def _folder_index(snap: Snapshot) -> dict[str, tuple[str, str]]:
 def _locate(path: str, folders: Mapping[str, tuple[str, str]]) -> tuple[str, str | None] | None:
     """(tenant, namespace) of a changed path; (tenant, None) above the namespaces; ("", None)
     for the repository config; None for a path outside the model."""
-    if path in (layout.REPO_CONFIG, layout.IGNORE_FILE):
+    if path in layout.ROOT_FILES:
         return "", None
     parts = path.split("/")
     if parts[0] != layout.TENANTS_DIR or len(parts) < 3:

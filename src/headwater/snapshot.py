@@ -281,7 +281,7 @@ def load(
         return _load(repo, listed.revision, listed.entries, listed.root, cache, meanwhile=meanwhile)
     sha = repo.resolve(rev)
     entries = repo.ls_tree(sha)
-    root = _read_root(repo, [e for e in entries if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)], extra_types)
+    root = _read_root(repo, [e for e in entries if e.path in layout.ROOT_FILES], extra_types)
     return _load(repo, sha, entries, root, cache, meanwhile=meanwhile)
 
 
@@ -289,7 +289,7 @@ def instances(repo: GitRepo, rev: str) -> dict[str, InstanceSpec]:
     """The instances ``headwater.yaml`` at ``rev`` defines (as ``load`` gives them), read
     without the rest of the commit."""
     sha = repo.resolve(rev)
-    return _read_root(repo, repo.ls_tree(sha, [layout.REPO_CONFIG, layout.IGNORE_FILE]), ()).instances
+    return _read_root(repo, repo.ls_tree(sha, layout.ROOT_FILES), ()).instances
 
 
 @heap.paused()
@@ -299,7 +299,7 @@ def load_partial(repo: GitRepo, rev: str, instance: str, *, cache: ResultCache) 
     summary ``remember_summary`` recorded in ``cache`` (None when there is none, for this
     commit and this code). ``update`` loads a tenant when a change reaches it."""
     sha = repo.resolve(rev)
-    entries = repo.ls_tree(sha, [layout.REPO_CONFIG, layout.IGNORE_FILE])
+    entries = repo.ls_tree(sha, layout.ROOT_FILES)
     root = _read_root(repo, entries, ())
     key = _summary_key(instance, root)
     record = cache.get_many([key]).get(key)
@@ -332,6 +332,11 @@ class Pieces:
     def instances(self) -> dict[str, InstanceSpec]:
         return self.root.instances
 
+    @property
+    def root_files(self) -> list[TreeEntry]:
+        """The files outside the tenant folders that every folder's meaning depends on."""
+        return [e for e in self.outside if e.path in layout.ROOT_FILES]
+
 
 @heap.paused()
 def split(repo: GitRepo, rev: str) -> Pieces:
@@ -340,9 +345,9 @@ def split(repo: GitRepo, rev: str) -> Pieces:
     groups: dict[str, list[TreeEntry]] = {}
     entries = repo.ls_tree(sha)
     for entry in entries:
-        groups.setdefault(_tenant_folder(entry.path), []).append(entry)
+        groups.setdefault(tenant_folder(entry.path), []).append(entry)
     outside = groups.pop("", [])
-    root = _read_root(repo, [e for e in outside if e.path in (layout.REPO_CONFIG, layout.IGNORE_FILE)], ())
+    root = _read_root(repo, [e for e in outside if e.path in layout.ROOT_FILES], ())
     return Pieces(sha, root, outside, groups, entries)
 
 
@@ -383,11 +388,6 @@ def report_by_tenant(repo: GitRepo, pieces: Pieces, instances: Iterable[str]) ->
     return ordered(found)
 
 
-def tenant_folder(path: str) -> str:
-    """The tenant folder a repository path is in ("" outside ``tenants/``)."""
-    return _tenant_folder(path)
-
-
 def remember_summary(snap: Snapshot, instance: str, summary: Summary | None = None) -> None:
     """Record what each tenant folder of ``snap`` holds for ``instance`` (its diagnostics:
     ``summarize``, if not given) in the result cache, for ``load_partial`` (e.g. a restarted
@@ -426,7 +426,7 @@ def summary_of(tenants: Iterable[str], report: Iterable[Diagnostic]) -> Summary:
     """The summary of a commit with these tenant folders and this report."""
     found: dict[str, list[Diagnostic]] = {name: [] for name in tenants}
     for diag in report:
-        found.setdefault(_tenant_folder(diag.path), []).append(diag)
+        found.setdefault(tenant_folder(diag.path), []).append(diag)
     return {name: tuple(diags) for name, diags in found.items()}
 
 
@@ -434,7 +434,7 @@ def _summary_key(instance: str, root: _Root) -> str:
     return cache_key("summary", instance, root.registry.fingerprint, model_fingerprint())
 
 
-def _tenant_folder(path: str) -> str:
+def tenant_folder(path: str) -> str:
     """The tenant folder a repository path is in ("" outside ``tenants/``)."""
     head, _, rest = path.partition("/")
     return rest.partition("/")[0] if head == layout.TENANTS_DIR else ""
@@ -443,7 +443,7 @@ def _tenant_folder(path: str) -> str:
 def _read_root(repo: GitRepo, entries: Iterable[TreeEntry], extra_types: Iterable[str]) -> _Root:
     by_path = {e.path: e for e in entries}
     diags: list[Diagnostic] = []
-    first = [by_path[p] for p in (layout.REPO_CONFIG, layout.IGNORE_FILE) if p in by_path]
+    first = [by_path[p] for p in layout.ROOT_FILES if p in by_path]
     early = repo.read_blobs(e.oid for e in first)
     ignored = None
     if layout.IGNORE_FILE in by_path:
@@ -777,9 +777,9 @@ def update(
     """
     sha = repo.resolve(rev)
     changes = repo.changes(old.revision, sha)
-    inside = [c for c in changes if _tenant_folder(c.path) or c.path == layout.TENANTS_DIR]
+    inside = [c for c in changes if tenant_folder(c.path) or c.path == layout.TENANTS_DIR]
     for change in changes:
-        if change.path in (layout.REPO_CONFIG, layout.IGNORE_FILE):
+        if change.path in layout.ROOT_FILES:
             return None
         if any(layout.flagged_anywhere(change.path, mode) for mode in (change.old_mode, change.new_mode)):
             return None  # e.g. a submodule added or removed next to README: reported anywhere
@@ -791,7 +791,7 @@ def update(
     filled: tuple[str, ...] = ()
     if old.partial is not None:
         instance = old.partial.instance
-        filled = tuple(sorted({_tenant_folder(c.path) for c in inside} & old.partial.absent.keys()))
+        filled = tuple(sorted({tenant_folder(c.path) for c in inside} & old.partial.absent.keys()))
         old = _fill(old, repo, filled)
         old.view(instance)  # what the change touches is found in the views
     index = old.path_index()
