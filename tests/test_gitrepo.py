@@ -126,3 +126,31 @@ def test_bad_revision_and_not_a_repository(tmp_path: Path) -> None:
     (tmp_path / "plain").mkdir()
     with pytest.raises(GitError, match="not a Git repository"):
         GitRepo(tmp_path / "plain")
+
+
+@pytest.mark.parametrize("where", ["missing", "a file", "a folder inside a work tree"])
+def test_what_is_not_a_repository(tmp_path: Path, where: str) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a": "1", "sub/b": "2"})
+    path = {"missing": tmp_path / "nope", "a file": repo_dir / "a", "a folder inside a work tree": repo_dir / "sub"}
+    with pytest.raises(GitError, match="not a Git repository") as caught:
+        GitRepo(path[where])
+    assert caught.value.hint is not None and "-C PATH" in caught.value.hint
+
+
+def test_a_repository_is_found_by_its_work_tree_its_git_directory_or_a_bare_clone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a": "1"})
+    git(tmp_path, "clone", "-q", "--bare", str(repo_dir), str(tmp_path / "bare.git"))
+    git(repo_dir, "worktree", "add", "-q", str(tmp_path / "wt"))
+    other = init_repo(tmp_path / "other", {"b": "2"})
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))  # the path given wins over the environment
+    expected = {
+        repo_dir: repo_dir / ".git", repo_dir / ".git": repo_dir / ".git",
+        tmp_path / "bare.git": tmp_path / "bare.git", tmp_path / "wt": repo_dir / ".git" / "worktrees" / "wt",
+    }
+    for path, git_dir in expected.items():
+        with GitRepo(path) as repo:
+            assert repo.git_dir.resolve() == git_dir.resolve(), path
+            assert [e.path for e in repo.ls_tree("HEAD")] == ["a"]
+            assert repo.commit_info("HEAD")["sha"] == repo.resolve("HEAD")

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-import git
-
 from headwater.errors import GitError
 
 MODE_SYMLINK = "120000"
@@ -57,18 +55,28 @@ class GitRepo:
     """A repository on disk (bare or not), read through git plumbing."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
+        """The repository at ``path`` (its work tree or its Git directory; not a folder inside
+        it). Found by ``git rev-parse``: this is on every command's path, and GitPython, for
+        the few reads that use it, is imported only then."""
         self.path = Path(path)
-        try:
-            self._repo = git.Repo(self.path, search_parent_directories=False)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        where = self.path.absolute()
+        env = _git_env()
+        for name in ("GIT_DIR", "GIT_WORK_TREE"):  # the path given is the repository
+            env.pop(name, None)
+        env["GIT_CEILING_DIRECTORIES"] = str(where.parent)  # and not a folder above it
+        proc = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--absolute-git-dir"],
+            capture_output=True, env=env, check=False,
+        )
+        if proc.returncode != 0 or not where.is_dir():
             raise GitError(
                 f"{self.path} is not a Git repository",
                 hint="pass the repository with -C PATH, or run `git init` there",
-            ) from None
-        self.git_dir = Path(self._repo.git_dir)
+            )
+        self.git_dir = Path(proc.stdout.decode("utf-8", "surrogateescape").strip())
 
     def close(self) -> None:
-        self._repo.close()
+        """Nothing to release: every read is a ``git`` process of its own (kept for ``with``)."""
 
     def __enter__(self) -> GitRepo:
         return self
@@ -118,14 +126,17 @@ class GitRepo:
             return None
 
     def commit_info(self, rev: str) -> dict[str, str]:
-        commit = self._repo.commit(self.resolve(rev))
-        return {
-            "sha": commit.hexsha,
-            "author": str(commit.author),
-            "date": commit.committed_datetime.isoformat(),
-            "summary": str(commit.summary),
-            "message": str(commit.message),
-        }
+        import git  # (see __init__)
+
+        with git.Repo(self.git_dir) as repo:
+            commit = repo.commit(self.resolve(rev))
+            return {
+                "sha": commit.hexsha,
+                "author": str(commit.author),
+                "date": commit.committed_datetime.isoformat(),
+                "summary": str(commit.summary),
+                "message": str(commit.message),
+            }
 
     def is_ancestor(self, ancestor: str, descendant: str) -> bool:
         proc = subprocess.run(
