@@ -117,6 +117,25 @@ def test_unforcing_a_default_is_reported(sample: Path) -> None:
     assert forced.change == "no longer forced"
 
 
+def test_a_root_change_is_reviewed_across_every_tenant(sample: Path) -> None:
+    """A forced default at the repository's root concerns every namespace, and an ignore rule
+    may take a namespace out of a tenant the change does not touch: tenant by tenant
+    (``change`` compares), the whole commits' layouts say so."""
+    root = text(sample, "headwater.yaml").replace(
+        "defaults:\n  variables:",
+        f"defaults:\n  pluginDefaults:\n    - type: {PYTHON}\n      forced: true\n"
+        "      values: {containerImage: 'python:3.13-slim'}\n  variables:",
+        1,
+    )
+    r = change(sample, {"headwater.yaml": root, ".headwaterignore": "tenants/globex/ops/monitoring/alerts/\n"})
+    [forced] = r.forced
+    assert (forced.file, forced.tenant, forced.change, forced.namespaces_below) == (
+        "headwater.yaml", "", "added, forced", 7  # every namespace of the head, alerts ignored
+    )
+    assert [(d.kind, d.tenant, d.namespace) for d in r.deletions] == [("namespace", "globex", "ops.monitoring.alerts")]
+    assert [s.tenant for s in r.scopes] == [""] and not r.namespaces
+
+
 def test_deletions(sample: Path) -> None:
     r = change(
         sample,

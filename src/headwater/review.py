@@ -22,6 +22,7 @@ from typing import Any
 
 from headwater import inherit, layout
 from headwater.errors import Diagnostic
+from headwater.layout import Layout
 from headwater.snapshot import Snapshot
 from headwater.yamlio import Document
 
@@ -243,19 +244,24 @@ def merge_codeowners(existing: str | None, block: str) -> str:
 
 def review(
     base: Snapshot, head: Snapshot, changes: Iterable[tuple[str, str]],
-    *, diagnostics: Iterable[Diagnostic] | None = None,
+    *, diagnostics: Iterable[Diagnostic] | None = None, layouts: tuple[Layout, Layout] | None = None,
 ) -> Review:
     """The review of the change from ``base`` to ``head`` (``changes``: git status, path).
 
-    ``diagnostics``: the head commit's report for every instance, when ``head`` holds only
-    the tenant folders the change touches (``snapshot.folders``); by default, ``head``'s.
+    When ``base`` and ``head`` hold only the tenant folders the change touches
+    (``snapshot.folders``): ``diagnostics``, the head commit's report for every instance (by
+    default, ``head``'s); and, for a change to a root file (the repository's config, which
+    concerns every namespace, or its ignore file, which may move any), ``layouts``, the
+    whole commits' layouts (by default, the snapshots').
     """
     instances = tuple(sorted(head.instances))
     report = tuple(head.report(instances) if diagnostics is None else diagnostics)
+    if layouts is None:
+        layouts = base.layout, head.layout
     by_ns: dict[tuple[str, str], list[tuple[str, str]]] = {}
     by_scope: dict[str, list[tuple[str, str]]] = {}
     others: list[tuple[str, str]] = []
-    folders = _folder_index(base) | _folder_index(head)
+    folders = _folder_index(layouts[0]) | _folder_index(layouts[1])
     changed = sorted(changes, key=lambda c: c[1])
     for status, path in changed:
         where = _locate(path, folders)
@@ -268,7 +274,7 @@ def review(
 
     namespaces = []
     for (tenant, name), paths in sorted(by_ns.items()):
-        before, after = base.layout.namespace(tenant, name), head.layout.namespace(tenant, name)
+        before, after = layouts[0].namespace(tenant, name), layouts[1].namespace(tenant, name)
         status = ADDED if before is None else DELETED if after is None else MODIFIED
         node = after or before
         snap = base if after is None else head
@@ -284,7 +290,7 @@ def review(
         )
     scopes = tuple(
         ScopeChange(
-            tenant, tuple(paths), owners(base if _gone(base, head, tenant) else head, tenant)
+            tenant, tuple(paths), owners(base if _gone(*layouts, tenant) else head, tenant)
         )
         for tenant, paths in sorted(by_scope.items())
     )
@@ -293,7 +299,7 @@ def review(
     lock_changes: list[LockChange] = []
     forced: list[ForcedChange] = []
     for path in configs:
-        _config_review(base, head, path, folders, locks, lock_changes, forced)
+        _config_review(base, head, layouts[1], path, folders, locks, lock_changes, forced)
     flows = [(s, p) for s, p in changed if s != "D" and "/flows/" in p]
     return Review(
         base.revision,
@@ -306,19 +312,19 @@ def review(
         tuple(lock_changes),
         tuple(forced),
         tuple(_forced_uses(head, flows, folders)),
-        tuple(_deletions(base, head, changed, folders)),
+        tuple(_deletions(*layouts, changed, folders)),
         tuple(others),
     )
 
 
-def _gone(base: Snapshot, head: Snapshot, tenant: str) -> bool:
-    return bool(tenant) and tenant in base.layout.tenants and tenant not in head.layout.tenants
+def _gone(base: Layout, head: Layout, tenant: str) -> bool:
+    return bool(tenant) and tenant in base.tenants and tenant not in head.tenants
 
 
-def _folder_index(snap: Snapshot) -> dict[str, tuple[str, str]]:
+def _folder_index(tree: Layout) -> dict[str, tuple[str, str]]:
     return {
         ns.folder: (tenant.name, ns.name)
-        for tenant in snap.layout.tenants.values()
+        for tenant in tree.tenants.values()
         for ns in tenant.namespaces.values()
         if ns.folder is not None
     }
@@ -388,6 +394,7 @@ def _doc(snap: Snapshot, path: str) -> Document | None:
 def _config_review(
     base: Snapshot,
     head: Snapshot,
+    head_layout: Layout,
     path: str,
     folders: Mapping[str, tuple[str, str]],
     locks: dict[tuple[Any, ...], LockTouch],
@@ -414,7 +421,7 @@ def _config_review(
             lock_changes.append(
                 LockChange(tenant, namespace, path, line((*loc, "locked")), lock, change)
             )
-        forced += _forced_changes(head, tenant, namespace, path, loc, before, after, line)
+        forced += _forced_changes(head_layout, tenant, namespace, path, loc, before, after, line)
         if path == layout.REPO_CONFIG:
             continue
         touched = _changed(before, after)
@@ -475,7 +482,7 @@ def _file_owners(snap: Snapshot, path: str) -> tuple[str, ...]:
     """The owners of the layer a config file is."""
     if path == layout.REPO_CONFIG:
         return owners(snap, "")
-    where = _locate(path, _folder_index(snap)) if path.endswith(layout.NAMESPACE_CONFIG) else None
+    where = _locate(path, _folder_index(snap.layout)) if path.endswith(layout.NAMESPACE_CONFIG) else None
     if where is not None and where[1] is not None:
         return owners(snap, where[0], where[1])
     parts = path.split("/")
@@ -492,7 +499,7 @@ def _plugin_map(layer: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
 
 
 def _forced_changes(
-    head: Snapshot,
+    head: Layout,
     tenant: str,
     namespace: str,
     path: str,
@@ -519,7 +526,7 @@ def _forced_changes(
             change = "forced values changed"
         below = sum(
             1
-            for t in head.layout.tenants.values()
+            for t in head.tenants.values()
             if not tenant or t.name == tenant
             for n in t.namespaces
             if not namespace or n == namespace or n.startswith(namespace + ".")
@@ -569,23 +576,23 @@ def _forced_uses(
 
 
 def _deletions(
-    base: Snapshot,
-    head: Snapshot,
+    base: Layout,
+    head: Layout,
     changed: list[tuple[str, str]],
     folders: Mapping[str, tuple[str, str]],
 ) -> list[Deletion]:
     found: list[Deletion] = []
-    for tenant in sorted(set(base.layout.tenants) - set(head.layout.tenants)):
-        found.append(Deletion("tenant", tenant, "", "", base.layout.tenants[tenant].folder))
-    for t in sorted(base.layout.tenants.values(), key=lambda t: t.name):
+    for tenant in sorted(set(base.tenants) - set(head.tenants)):
+        found.append(Deletion("tenant", tenant, "", "", base.tenants[tenant].folder))
+    for t in sorted(base.tenants.values(), key=lambda t: t.name):
         for name, node in sorted(t.namespaces.items()):
-            if node.folder is not None and head.layout.namespace(t.name, name) is None:
+            if node.folder is not None and head.namespace(t.name, name) is None:
                 found.append(Deletion("namespace", t.name, name, "", node.folder))
     for status, path in changed:
         where = _locate(path, folders)
         if status != "D" or where is None or where[1] is None:
             continue
-        folder = base.layout.namespace(where[0], where[1])
+        folder = base.namespace(where[0], where[1])
         rest = path[len(folder.folder) + 1 :] if folder is not None and folder.folder else path
         kind, _, name = rest.partition("/")
         if rest == layout.NAMESPACE_CONFIG:

@@ -337,6 +337,10 @@ class Pieces:
         """The files outside the tenant folders that every folder's meaning depends on."""
         return [e for e in self.outside if e.path in layout.ROOT_FILES]
 
+    def layout(self) -> layout.Layout:
+        """The whole commit's layout (paths only: no file is read), as ``load`` makes it."""
+        return layout.build(self.entries, ignored=self.root.ignored, max_file_bytes=self.root.max_bytes)
+
 
 @heap.paused()
 def split(repo: GitRepo, rev: str) -> Pieces:

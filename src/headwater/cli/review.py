@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
+from headwater import layout, render, review, settings, snapshot
 from headwater import promote as promotion
-from headwater import render, review, settings, snapshot
 from headwater.cli import output
 from headwater.cli.review_render import check_github, check_markdown, check_text, promotion_markdown
 from headwater.cli.sync import config_option, engine_for, state_option, warn_missing_secrets
@@ -105,18 +105,22 @@ def check(
 def review_of(repo: GitRepo, since: str, head: str) -> review.Review:
     """``review.review`` of the change from ``since`` to ``head`` (commit ids). A head listing
     ``BY_TENANT_FROM`` entries or more is checked one tenant folder at a time, and only the
-    folders the change touches are loaded whole (in both commits), unless it touches a path
-    outside them (the root files): the same review, without holding either commit whole."""
+    folders the change touches are loaded whole (in both commits); a change to a root file
+    takes the whole commits' layouts as well (paths only): the same review, without holding
+    either commit whole."""
     changes = repo.diff_tree(since, head)
     listed = snapshot.split(repo, head)
-    touched = {snapshot.tenant_folder(path) for _status, path in changes}
-    if len(listed.entries) < snapshot.BY_TENANT_FROM or "" in touched:
+    if len(listed.entries) < snapshot.BY_TENANT_FROM:
         return review.review(snapshot.load(repo, since), snapshot.load(repo, head, listed=listed), changes)
+    touched = {snapshot.tenant_folder(path) for _status, path in changes}
+    base = snapshot.split(repo, since)
+    rooted = any(path in layout.ROOT_FILES for _status, path in changes)
     return review.review(
-        snapshot.folders(repo, snapshot.split(repo, since), touched),
+        snapshot.folders(repo, base, touched),
         snapshot.folders(repo, listed, touched),
         changes,
         diagnostics=snapshot.report_by_tenant(repo, listed, sorted(listed.instances)),
+        layouts=(base.layout(), listed.layout()) if rooted else None,
     )
 
 
