@@ -10,6 +10,9 @@ from typing import Any
 
 import pytest
 
+from headwater import snapshot
+from headwater.cli.validate import explain_rows
+from headwater.gitrepo import GitRepo
 from tests.gitutil import commit, git, run_cli
 
 FLOW = "tenants/acme/company/team/flows"
@@ -63,9 +66,36 @@ def test_explain_shows_overlay_on_prod_and_parent_on_dev(sample: Path, capsys: p
     assert f"tenants/acme/company/namespace.yaml:{overlay_line}" in out
 
 
+def test_explain_loads_one_tenant_and_says_what_the_whole_commit_says(
+    sample: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every namespace of the sample, on both instances, is explained as from the whole
+    commit (explain loads the root files and the namespace's tenant folder only)."""
+    with GitRepo(sample) as repo:
+        whole = snapshot.load(repo, "HEAD")
+        views = {name: whole.view(name).namespaces for name in ("dev", "prod")}
+    for instance, namespaces in views.items():
+        for (tenant, name), view in namespaces.items():
+            code, out, _ = run(capsys, "explain", "-C", str(sample), f"{tenant}/{name}", "--instance", instance, "-o", "json")
+            assert code == 0
+            body = json.loads(out)
+            assert body["values"] == json.loads(json.dumps(explain_rows(view), default=str)), (instance, tenant, name)
+            assert body["config"] == json.loads(json.dumps(view.effective.config, default=str))
+            assert body["flows"] == sorted(view.flows)
+            assert [f["path"] for f in body["files"]] == sorted(view.files)
+
+
 def test_explain_bad_arguments(sample: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "explain", "-C", str(sample), "acme/nope", "--instance", "prod")
-    assert code == 1 and "no namespace" in err and "hint:" in err
+    assert code == 1 and "no namespace 'acme/nope'" in err and "hint: namespaces of acme: company, " in err
+    code, _, err = run(capsys, "explain", "-C", str(sample), "nope/company", "--instance", "prod")
+    assert code == 1 and "no tenant 'nope'" in err and "hint: tenants: acme, globex" in err
+    root = (sample / "headwater.yaml").read_text()
+    commit(sample, "prod carries acme only", {"headwater.yaml": root.replace('tenants: ["*"]\n    defaults:\n      variables: {env: prod', 'tenants: ["acme"]\n    defaults:\n      variables: {env: prod')})
+    code, _, err = run(capsys, "explain", "-C", str(sample), "globex/ops", "--instance", "prod")
+    assert code == 1 and "instance 'prod' does not carry tenant 'globex'" in err and "hint: its tenants in headwater.yaml: acme" in err
+    code, _, _ = run(capsys, "explain", "-C", str(sample), "globex/ops", "--instance", "dev")
+    assert code == 0
     code, _, err = run(capsys, "explain", "-C", str(sample), "acme/company", "--instance", "qa")
     assert code == 1 and "unknown instance" in err
     code, _, err = run(capsys, "explain", "-C", str(sample), "company", "--instance", "prod")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +37,17 @@ def open_cache(disabled: bool) -> ResultCache:
     return ResultCache(None if disabled else default_cache_path())
 
 
-def instance_names(snap: snapshot.Snapshot, instance: str | None, all_instances: bool) -> list[str]:
+def instance_names(
+    instances: Mapping[str, snapshot.InstanceSpec], instance: str | None, all_instances: bool
+) -> list[str]:
     if instance is not None:
-        if instance not in snap.instances:
-            known = ", ".join(sorted(snap.instances)) or "none"
+        if instance not in instances:
+            known = ", ".join(sorted(instances)) or "none"
             raise HeadwaterError(
                 f"unknown instance {instance!r}", hint=f"instances in headwater.yaml: {known}"
             )
         return [instance]
-    return sorted(snap.instances)
+    return sorted(instances)
 
 
 def _emit(diags: list[Diagnostic], fmt: str, no_color: bool, **extra: Any) -> None:
@@ -101,7 +104,7 @@ def validate(
     else:
         with open_repo(repo_path) as repo, open_cache(no_cache) as cache:
             snap = snapshot.load(repo, rev, extra_types=extra, cache=cache)
-            names = instance_names(snap, instance, all_instances)
+            names = instance_names(snap.instances, instance, all_instances)
             diags = snap.report(names)
             _emit(diags, fmt, no_color, revision=snap.revision, instances=names)
     if any(d.severity == "error" for d in diags):
@@ -135,14 +138,24 @@ def explain(repo_path: str, rev: str, instance: str, fmt: str, no_cache: bool, t
     if not sep or not tenant or not namespace:
         raise click.UsageError("give the namespace as TENANT/NAMESPACE, e.g. acme/company.team")
     with open_repo(repo_path) as repo, open_cache(no_cache) as cache:
-        snap = snapshot.load(repo, rev, cache=cache)
-        instance_names(snap, instance, False)
+        pieces = snapshot.split(repo, rev)  # only the tenant's folder is loaded (and the root files)
+        instance_names(pieces.instances, instance, False)
+        if tenant not in pieces.folders:
+            raise HeadwaterError(
+                f"no tenant {tenant!r} at {pieces.revision[:12]}", hint=_some("tenants", sorted(pieces.folders))
+            )
+        if not pieces.instances[instance].carries(tenant):
+            raise HeadwaterError(
+                f"instance {instance!r} does not carry tenant {tenant!r}",
+                hint=f"its tenants in headwater.yaml: {', '.join(pieces.instances[instance].tenants)}",
+            )
+        snap = snapshot.piece(repo, pieces, instance, tenant, cache=cache)
         view = snap.view(instance).namespaces.get((tenant, namespace))
         if view is None:
-            known = sorted(f"{t}/{n}" for (t, n) in snap.view(instance).namespaces)
+            known = sorted(n for (_t, n) in snap.view(instance).namespaces)
             raise HeadwaterError(
                 f"no namespace {target!r} on instance {instance!r} at {snap.revision[:12]}",
-                hint="namespaces: " + (", ".join(known[:10]) + (" …" if len(known) > 10 else "") or "none"),
+                hint=_some(f"namespaces of {tenant}", known),
             )
         rows = explain_rows(view)
         files = [
@@ -170,6 +183,10 @@ def explain(repo_path: str, rev: str, instance: str, fmt: str, no_cache: bool, t
             click.echo(f"  {f['path']}  from {f['from']}  ({f['source']})")
         click.echo("")
         click.echo(f"flows ({len(view.flows)}): {', '.join(sorted(view.flows)) or '-'}")
+
+
+def _some(what: str, names: list[str]) -> str:
+    return f"{what}: " + (", ".join(names[:10]) + (" …" if len(names) > 10 else "") or "none")
 
 
 def explain_rows(view: snapshot.NamespaceView) -> list[dict[str, Any]]:
