@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from headwater import review, snapshot
+from headwater import flowbatch, review, snapshot
 from headwater.cli.review import review_of
 from headwater.gitrepo import GitRepo
 from tests.gitutil import commit, git
@@ -172,8 +172,22 @@ def test_changes_are_those_of_the_pull_request_not_of_the_base_since(sample: Pat
 
 
 def rules_of(repo: Path, rev: str = "HEAD") -> list[tuple[str, tuple[str, ...]]]:
+    """The CODEOWNERS rules of ``rev``; the same from its configs alone (what the CLI reads)."""
     with GitRepo(repo) as r:
-        return review.codeowners(snapshot.load(r, rev))
+        rules = review.codeowners(snapshot.load(r, rev))
+        assert review.codeowners(snapshot.configs_only(r, rev)) == rules
+        return rules
+
+
+def test_codeowners_read_no_flow(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a flow was validated")
+
+    monkeypatch.setattr(flowbatch, "validate_flow", refuse)
+    with GitRepo(sample) as r:
+        snap = snapshot.configs_only(r, "HEAD")
+    assert not snap.flows and len(snap.configs) == 6
+    assert ("/tenants/globex/ops/monitoring/alerts/", ("ops@globex.example",)) in review.codeowners(snap)
 
 
 def test_codeowners_rules_of_the_sample(sample: Path) -> None:

@@ -285,6 +285,18 @@ def load(
     return _load(repo, sha, entries, root, cache, meanwhile=meanwhile)
 
 
+@heap.paused()
+def configs_only(repo: GitRepo, rev: str) -> Snapshot:
+    """The commit ``rev`` with its layout, root files and tenant and namespace configs, but
+    no flow read or validated: what the owners of its namespaces depend on
+    (``review.codeowners``), in a fraction of a load. Its views and report are not the
+    commit's (it has no flows)."""
+    sha = repo.resolve(rev)
+    entries = repo.ls_tree(sha)
+    root = _read_root(repo, [e for e in entries if e.path in layout.ROOT_FILES], ())
+    return _load(repo, sha, entries, root, None, with_flows=False)
+
+
 def instances(repo: GitRepo, rev: str) -> dict[str, InstanceSpec]:
     """The instances ``headwater.yaml`` at ``rev`` defines (as ``load`` gives them), read
     without the rest of the commit."""
@@ -474,10 +486,10 @@ def _read_root(repo: GitRepo, entries: Iterable[TreeEntry], extra_types: Iterabl
 
 def _load(
     repo: GitRepo, sha: str, entries: Iterable[TreeEntry], root: _Root, cache: ResultCache | None,
-    *, root_diagnostics: bool = True, meanwhile: Meanwhile | None = None,
+    *, root_diagnostics: bool = True, meanwhile: Meanwhile | None = None, with_flows: bool = True,
 ) -> Snapshot:
     """The snapshot of ``entries`` (all of the commit's, or its root files and some tenants');
-    ``meanwhile`` as for ``load``."""
+    ``meanwhile`` as for ``load``; without its flows unless ``with_flows``."""
     registry, extra = root.registry, list(root.extra)
     tree = layout.build(entries, ignored=root.ignored, max_file_bytes=root.max_bytes)
     diags = [*root.diagnostics, *tree.diagnostics] if root_diagnostics else list(tree.diagnostics)
@@ -491,7 +503,7 @@ def _load(
         for t in tree.tenants.values()
         for ns in t.namespaces.values()
         for fid, e in ns.flows.items()
-    ]
+    ] if with_flows else []
     store = cache if cache is not None else ResultCache(None)
     config_keys = {e.path: cache_key("config", e.oid, e.path) for e in config_entries}
     flow_keys = {

@@ -199,7 +199,7 @@ def codeowners(
     """
     with open_repo(repo_path) as repo:
         commit = _index_commit(repo) if staged else repo.resolve(rev)
-        snap = snapshot.load(repo, commit)
+        snap = snapshot.configs_only(repo, commit)  # owners are in configs: no flow is read
     rules = review.codeowners(snap)
     block = review.codeowners_block(rules)
     if file_name == "-":
