@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from headwater import promote, settings
+from headwater import promote, settings, snapshot
 from headwater.engine import Engine
 from headwater.errors import HeadwaterError
 from headwater.gitrepo import GitRepo
@@ -301,6 +301,12 @@ def test_selective_promotion_takes_only_the_namespace_folder(world: World) -> No
         direct=True,
     )
     assert p.paths == ("tenants/acme/company/team/files/sql/extra.sql", TEAM_FLOW)
+    with pytest.MonkeyPatch.context() as patch:  # a large commit is checked tenant by tenant
+        patch.setattr(snapshot, "BY_TENANT_FROM", 0)
+        again = prepare(
+            world, now=world.applied_at("dev") + timedelta(hours=1), namespaces=("acme/company.team",), direct=True,
+        )
+    assert (again.paths, again.plan.changes) == (p.paths, p.plan.changes)
     write(world, p, remote="origin")
     assert world.ref("main") == world.remote_ref("main") == p.commit
     assert world.git("rev-list", "--parents", "-n1", p.commit).split()[1:] == [main_before]
@@ -408,6 +414,12 @@ def test_refuses_a_commit_that_is_invalid_for_prod(world: World) -> None:
     with pytest.raises(PromotionInvalid, match="does not validate for prod") as info:
         prepare(world, now=world.applied_at("dev") + timedelta(hours=1))
     assert any(d.code == "config.locked" for d in info.value.diagnostics)
+    assert world.refs() == before
+    with pytest.MonkeyPatch.context() as patch:  # a large commit is checked tenant by tenant
+        patch.setattr(snapshot, "BY_TENANT_FROM", 0)
+        with pytest.raises(PromotionInvalid, match="does not validate for prod") as by_tenant:
+            prepare(world, now=world.applied_at("dev") + timedelta(hours=1))
+    assert by_tenant.value.diagnostics == info.value.diagnostics
     assert world.refs() == before
 
 

@@ -408,6 +408,19 @@ class Engine:
             raise ValidationFailed(errors, snap.revision)
         return snap
 
+    def check_commit(self, pieces: snapshot.Pieces, instance: str) -> None:
+        """ValidationFailed if the commit of ``pieces`` has an error for ``instance``: checked
+        one tenant folder at a time when it lists ``snapshot.BY_TENANT_FROM`` entries or more,
+        else whole (with the result cache), as ``valid_snapshot``."""
+        _defined(instance, pieces.revision, pieces.instances)
+        if len(pieces.entries) < snapshot.BY_TENANT_FROM:
+            self.valid_snapshot(pieces.revision, instance, listed=pieces)
+            return
+        report = snapshot.report_by_tenant(self.repo, pieces, [instance])
+        errors = [d for d in report if d.severity == "error"]
+        if errors:
+            raise ValidationFailed(errors, pieces.revision)
+
     # -- plan ------------------------------------------------------------------------------
 
     @heap.paused()

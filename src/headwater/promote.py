@@ -31,10 +31,11 @@ from typing import Any
 
 from headwater import layout as layouts
 from headwater import plan as planning
+from headwater import snapshot
 from headwater.engine import Engine
 from headwater.errors import Diagnostic, GitError, HeadwaterError, ValidationFailed
 from headwater.gitrepo import GitRepo, RefMoved
-from headwater.snapshot import InstanceSpec, Snapshot
+from headwater.snapshot import InstanceSpec
 from headwater.snapshot import instances as instances_at
 from headwater.state import StateStore
 
@@ -207,29 +208,29 @@ def prepare(engine: Engine, request: Request, *, now: datetime | None = None) ->
     repo = engine.repo
     head_instances, spec = instance_spec(repo, request.target)
     base_ref, base_head = branch_ref(repo, spec.branch, request.remote)
-    target_snap = engine.load(base_head)
-    spec = target_snap.instances.get(request.target, spec)
+    target_instances = instances_at(repo, base_head)  # headwater.yaml alone
+    spec = target_instances.get(request.target, spec)
     forced = _reason(request.force_reason)
-    known = set(head_instances) | set(target_snap.instances)
+    known = set(head_instances) | set(target_instances)
     source_instance = _source_instance(request, spec, known, forced)
     if request.expect_head is not None and repo.resolve(request.expect_head) != base_head:
         raise _moved(spec.branch, repo.resolve(request.expect_head), base_head)
 
     source = _source(engine.store, repo, source_instance, request.rev)
-    soak = _soak(target_snap, request.target, spec)
+    soak = spec.soak_seconds  # (promotion.soak; a bad value is a schema error)
     proven, applied_at = proven_for(engine.store, source_instance, source, now or datetime.now(UTC))
     if forced is None:
         current = engine.store.get(source_instance).applied_revision == source
         _check_proof(source, source_instance, request.target, soak, proven, applied_at, current)
     what = f"{source_instance}@{source[:12]}"
-    source_snap = _validated(engine, source, request.target, f"{what} does not validate")
+    _validate(engine, source, request.target, f"{what} does not validate")
 
     message = _message(
         source_instance, request.target, source, spec.branch, request.namespaces,
         applied_at, proven, soak, forced,
     )  # fmt: skip
     commit, paths, fast_forward = _build(
-        repo, request, spec, source_snap, target_snap, what, base_head, message
+        repo, request, spec, source, what, base_head, message
     )
     noop = commit == base_head
     if noop:
@@ -279,9 +280,11 @@ def _source_instance(
     return source
 
 
-def _validated(engine: Engine, rev: str, instance: str, what: str) -> Snapshot:
+def _validate(engine: Engine, rev: str, instance: str, what: str) -> None:
+    """PromotionInvalid unless the commit ``rev`` validates for ``instance`` (a large commit is
+    checked tenant by tenant, and nothing of it is kept: the plan goes the same way)."""
     try:
-        return engine.valid_snapshot(rev, instance)
+        engine.check_commit(snapshot.split(engine.repo, rev), instance)
     except ValidationFailed as exc:
         raise PromotionInvalid(
             f"{what} for {instance}: {_errors(exc.diagnostics)}", exc.diagnostics
@@ -292,18 +295,16 @@ def _build(
     repo: GitRepo,
     request: Request,
     spec: InstanceSpec,
-    source_snap: Snapshot,
-    target_snap: Snapshot,
+    source: str,
     what: str,
     base_head: str,
     message: str,
 ) -> tuple[str, tuple[str, ...], bool]:
     """The promotion commit (``base_head`` when nothing changes), its paths, fast-forward."""
-    source = source_snap.revision
     base_tree = repo.tree_of(base_head)
     if request.namespaces:
         tree, paths = _selective_tree(
-            repo, source_snap, target_snap, spec, base_head, base_tree, request.namespaces,
+            repo, snapshot.split(repo, source), snapshot.split(repo, base_head), spec, base_tree, request.namespaces,
             request.recursive,
         )  # fmt: skip
         commit = base_head if tree == base_tree else repo.commit_tree(tree, [base_head], message)
@@ -345,11 +346,6 @@ def _source(store: StateStore, repo: GitRepo, instance: str, rev: str | None) ->
             "syncs it",
         )
     return applied
-
-
-def _soak(snap: Snapshot, instance: str, spec: InstanceSpec) -> float:
-    """The target's promotion.soak (``30m``, ``1h30m``); a bad value is a schema error."""
-    return spec.soak_seconds
 
 
 def _check_proof(
@@ -429,16 +425,15 @@ def _message(
 
 def _selective_tree(
     repo: GitRepo,
-    source_snap: Snapshot,
-    target_snap: Snapshot,
+    source_commit: snapshot.Pieces,
+    target: snapshot.Pieces,
     spec: InstanceSpec,
-    base_head: str,
     base_tree: str,
     names: Iterable[str],
     recursive: bool,
 ) -> tuple[str, tuple[str, ...]]:
     """The target tree with the named namespaces' own content taken from the source."""
-    source = source_snap.revision
+    source, source_layout, target_layout = source_commit.revision, source_commit.layout(), target.layout()
     folders: set[str] = set()
     for item in names:
         tenant, sep, namespace = item.partition("/")
@@ -451,12 +446,12 @@ def _selective_tree(
             raise PromotionRefused(
                 f"{spec.name} does not carry tenant {tenant!r} (instances.{spec.name}.tenants)"
             )
-        found = _folders(source_snap.layout, tenant, namespace, recursive)
-        found |= _folders(target_snap.layout, tenant, namespace, recursive)
+        found = _folders(source_layout, tenant, namespace, recursive)
+        found |= _folders(target_layout, tenant, namespace, recursive)
         if not found:
             known = sorted(
                 f"{t}/{n}"
-                for t, tree in source_snap.layout.tenants.items()
+                for t, tree in source_layout.tenants.items()
                 for n in tree.namespaces
             )
             raise HeadwaterError(
@@ -465,8 +460,8 @@ def _selective_tree(
             )
         folders |= found
     own = _own_content(folders)
-    old = {e.path: (e.mode, e.oid) for e in repo.ls_tree(base_head) if own(e.path)}
-    new = {e.path: (e.mode, e.oid) for e in repo.ls_tree(source) if own(e.path)}
+    old = {e.path: (e.mode, e.oid) for e in target.entries if own(e.path)}
+    new = {e.path: (e.mode, e.oid) for e in source_commit.entries if own(e.path)}
     changes: dict[str, tuple[str, str] | None] = {p: None for p in old.keys() - new.keys()}
     changes.update({p: entry for p, entry in new.items() if old.get(p) != entry})
     return repo.write_tree(base_tree, changes), tuple(sorted(changes))
@@ -606,11 +601,12 @@ def prepare_rollback(
     repo = engine.repo
     _head, spec = instance_spec(repo, instance)
     base_ref, base_head = branch_ref(repo, spec.branch, remote)
-    old_snap, new_snap = engine.load(revision), engine.load(base_head)
+    # listed, their root files read: what the tenants hold does not matter here
+    old_commit, new_commit = snapshot.split(repo, revision), snapshot.split(repo, base_head)
     specs = [
-        s for s in (old_snap.instances.get(instance), new_snap.instances.get(instance), spec) if s
+        s for s in (old_commit.instances.get(instance), new_commit.instances.get(instance), spec) if s
     ]
-    tenants = set(old_snap.layout.tenants) | set(new_snap.layout.tenants)
+    tenants = set(old_commit.layout().tenants) | set(new_commit.layout().tenants)
     carried = {t for t in tenants if any(s.carries(t) for s in specs)}
     roots = tuple(f"{layouts.TENANTS_DIR}/{t}/" for t in sorted(carried))
     top = {layouts.REPO_CONFIG, layouts.IGNORE_FILE}
