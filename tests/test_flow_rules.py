@@ -532,6 +532,18 @@ def test_references_of_a_flow_without_any() -> None:
     assert [t.type for t in refs.types] == ["io.kestra.plugin.core.log.Log"]
 
 
+def test_type_names_are_one_string_however_many_flows_and_pickles() -> None:
+    """Tens of thousands of flows name a few dozen types: each name is held once, whether the
+    references were made here or came from a worker or the cache (pickled)."""
+    texts = [HEAD + "tasks:\n" + log(name) for name in ("a", "b")]
+    made = [flow_references(doc(text)) for text in texts]
+    came = [pickle.loads(pickle.dumps(refs)) for refs in made]
+    names = [refs.types[0].type for refs in (*made, *came)]
+    assert names == ["io.kestra.plugin.core.log.Log"] * 4
+    assert all(name is names[0] for name in names)
+    assert all(refs.types[0].kind is made[0].types[0].kind for refs in came)
+
+
 def test_references_survive_pickling_as_the_same_records() -> None:
     """The result cache and the validation workers pickle references in a compact form."""
     text = HEAD + dedent("""\

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from sys import intern
 from typing import Any, Literal, NamedTuple, Protocol
 
 from headwater.errors import Diagnostic, Severity
@@ -61,6 +62,9 @@ class FlowTarget(NamedTuple):
     dynamic: bool = False  # namespace or flowId is an expression: it cannot be checked
 
 
+_KINDS: dict[str, TypeKind] = {kind: kind for kind in ("task", "trigger", "condition", "taskRunner")}
+
+
 class TypeUse(NamedTuple):
     type: str
     kind: TypeKind
@@ -102,9 +106,13 @@ def _references(
     subflows: tuple[tuple[Any, ...], ...], types: tuple[tuple[Any, ...], ...],
     plugin_defaults: tuple[PluginDefault, ...],
 ) -> FlowReferences:
+    # The type names repeat across flows (a few dozen for tens of thousands of uses): one
+    # string each, however many processes and cache entries the records come from.
     return FlowReferences(
         tuple(map(FileRef._make, files)), tuple(map(SecretRef._make, secrets)),
-        tuple(map(FlowTarget._make, subflows)), tuple(map(TypeUse._make, types)), plugin_defaults,
+        tuple(map(FlowTarget._make, subflows)),
+        tuple(TypeUse(intern(name), _KINDS[kind], line, column) for name, kind, line, column in types),
+        plugin_defaults,
     )
 
 
@@ -194,12 +202,12 @@ def _type_uses(doc: Document, flow: dict[str, Any], tasks: list[_Task]) -> list[
     for task in tasks:
         value = task.value.get("type")
         if isinstance(value, str):
-            uses.append(TypeUse(value, "task", *mark((*task.loc, "type"))))
+            uses.append(TypeUse(intern(value), "task", *mark((*task.loc, "type"))))
         runner = task.value.get("taskRunner")
         if isinstance(runner, dict):
             value = runner.get("type")
             if isinstance(value, str):
-                uses.append(TypeUse(value, "taskRunner", *mark((*task.loc, "taskRunner", "type"))))
+                uses.append(TypeUse(intern(value), "taskRunner", *mark((*task.loc, "taskRunner", "type"))))
     for key in ("triggers", "listeners"):
         items = flow.get(key)
         for index, item in enumerate(items if isinstance(items, list) else ()):
@@ -208,11 +216,11 @@ def _type_uses(doc: Document, flow: dict[str, Any], tasks: list[_Task]) -> list[
             if key == "triggers":
                 value = item.get("type")
                 if isinstance(value, str):
-                    uses.append(TypeUse(value, "trigger", *mark((key, index, "type"))))
+                    uses.append(TypeUse(intern(value), "trigger", *mark((key, index, "type"))))
             for loc, condition in _conditions(item.get("conditions"), (key, index, "conditions")):
                 value = condition.get("type")
                 if isinstance(value, str):
-                    uses.append(TypeUse(value, "condition", *mark((*loc, "type"))))
+                    uses.append(TypeUse(intern(value), "condition", *mark((*loc, "type"))))
     return uses
 
 
