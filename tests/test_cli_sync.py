@@ -291,6 +291,59 @@ def test_a_saved_plan_of_a_commit_off_the_branch_applies(hw: Headwater, tmp_path
     assert LocalTarget(hw.instance_dir("dev")).current_revision() == feature
 
 
+def test_a_saved_plan_of_a_large_commit_is_checked_tenant_by_tenant(
+    hw: Headwater, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A saved plan is read a change at a time and compared with the sets of each tenant's
+    changes as a large commit is applied tenant by tenant: the whole plan is never held."""
+    from headwater.engine import Engine
+
+    paths: list[bool] = []
+    real = Engine._apply_by_tenant
+
+    def counted(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        paths.append(kwargs.get("saved") is not None)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "_apply_by_tenant", counted)
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 0)  # a large commit, as far as the CLI knows
+    assert hw.apply("dev").code == 0
+    rev = commit_on(hw, {
+        "tenants/acme/company/flows/hello.yaml": HELLO_DEV,
+        "tenants/acme/company/team/project-a/flows/daily.yaml": None,
+    })
+    planfile = tmp_path / "dev.plan.json"
+    assert hw.plan("dev", "--out", str(planfile)).code == 0
+    body = json.loads(planfile.read_text())
+    for tamper in ("hash", "drop"):  # a change that would make something else; one missing
+        changes = [dict(c) for c in body["changes"]]
+        if tamper == "hash":
+            changes[0]["after_hash"] = "sha256:" + "0" * 64
+        else:
+            changes.pop()
+        tampered = tmp_path / f"{tamper}.plan.json"
+        tampered.write_text(json.dumps({**body, "changes": changes}))
+        result = hw.cmd("apply", str(tampered))
+        assert result.code == 1 and "applying now would make different changes" in one_clear_line(result.err)
+    assert LocalTarget(hw.instance_dir("dev")).current_revision() != rev
+
+    result = hw.cmd("apply", str(planfile))
+    assert result.code == 0, result.err
+    assert f"Applied {rev[:12]} to dev: 0 created, 1 updated, 1 deleted." in result.out
+    assert "~ flow hello" in result.out  # the plan applied is shown, as the tenants are checked
+    assert LocalTarget(hw.instance_dir("dev")).current_revision() == rev
+    assert paths and all(paths[-3:]) and not paths[0]  # the three saved plans went tenant by tenant
+
+    # the instance changed by hand since a plan was made: refused as stale, as whole
+    commit_on(hw, {"tenants/acme/company/flows/hello.yaml": HELLO_DEV + "# again\n"})
+    assert hw.plan("dev", "--out", str(planfile)).code == 0
+    config = hw.instance_dir("dev") / "current/acme/company/config.json"
+    config.chmod(0o644)
+    config.write_text("{}\n")
+    result = hw.cmd("apply", str(planfile))
+    assert result.code == 1 and one_clear_line(result.err).startswith("error: the saved plan is stale: the instance")
+
+
 # -- 9. rollback -----------------------------------------------------------------------------------
 
 
@@ -586,9 +639,9 @@ def test_an_apply_goes_tenant_by_tenant_shows_the_whole_plan_and_ends_as_a_quiet
     paths: list[bool] = []
     real = Engine._apply_by_tenant
 
-    def counted(self: Engine, *args: Any) -> Any:
+    def counted(self: Engine, *args: Any, **kwargs: Any) -> Any:
         paths.append(True)
-        return real(self, *args)
+        return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Engine, "_apply_by_tenant", counted)
     monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 0)  # a large commit, as far as the CLI knows

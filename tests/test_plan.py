@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
+import ijson
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -11,11 +13,15 @@ from headwater.errors import PlanRefused
 from headwater.plan import (
     SENSITIVE,
     Change,
+    ChangeSets,
     Plan,
+    Saved,
+    add_change_sets,
     compare_refs,
     compute,
     fingerprint,
     guard_prune,
+    read_saved,
 )
 from headwater.resources import Kind, Resource, ResourceKey, State, make, secret_hash
 
@@ -534,3 +540,65 @@ def test_compute_scales_linearly() -> None:
     elapsed = time.perf_counter() - start
     assert len(plan.changes) == 1 and plan.changes[0].drift is False
     assert elapsed < 5.0
+
+
+# --- a saved plan, as apply reads it -------------------------------------------------------------
+
+
+def saved_of(text: str) -> Saved:
+    return read_saved(io.BytesIO(text.encode()))
+
+
+def test_a_saved_plan_is_read_as_its_header_and_the_sets_of_its_changes() -> None:
+    desired = {**base_state(), **state(flow("ops", "backup", tenant="globex"))}
+    actual = state(*(r for k, r in base_state().items() if k.kind != "file"), flow("company", "gone"))
+    plan = plan_of(desired, actual, managed=managed_of(actual))
+    assert {c.action for c in plan.changes} == {"create", "delete"} and len({c.key.tenant for c in plan.changes}) == 2
+    saved = saved_of(render.plan_json(plan))
+    assert saved.header == Plan.from_json(json.loads(render.plan_json(plan)) | {"changes": []})
+    sets: ChangeSets = {}
+    add_change_sets(sets, plan.changes)
+    assert saved.changes == sets and set(sets) == {"acme", "globex"}
+    assert sets["acme"][0] == sum(c.key.tenant == "acme" for c in plan.changes)
+    # the order of the changes does not matter; what each makes does
+    reordered = json.loads(render.plan_json(plan))
+    reordered["changes"].reverse()
+    assert saved_of(json.dumps(reordered)).changes == sets
+    reordered["changes"][0]["after_hash"] = "sha256:" + "0" * 64
+    assert saved_of(json.dumps(reordered)).changes != sets
+    split: ChangeSets = {}
+    for change in plan.changes:  # counted a change at a time, as tenant by tenant
+        add_change_sets(split, [change])
+    assert split == sets
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (5, "a change is not a JSON object"),
+        ({"action": "create"}, "missing field 'kind'"),
+        ({"action": "burn"}, "unknown action 'burn'"),
+    ],
+)
+def test_a_saved_plan_with_a_wrong_change_is_refused_as_from_json_refuses_it(change: object, message: str) -> None:
+    body = json.loads(render.plan_json(plan_of(base_state(), {})))
+    body["changes"].insert(1, change)
+    with pytest.raises(PlanRefused, match=f"not a valid Headwater plan: {message}"):
+        saved_of(json.dumps(body))
+    body["format_version"] = 99  # the header's problem is said first
+    with pytest.raises(PlanRefused, match="unsupported format_version 99"):
+        saved_of(json.dumps(body))
+
+
+@pytest.mark.parametrize("text", ["[]", "5", '"plan"'])
+def test_a_saved_plan_that_is_not_an_object(text: str) -> None:
+    with pytest.raises(PlanRefused, match="not a plan file"):
+        saved_of(text)
+
+
+@pytest.mark.parametrize("cut", ["trailing", "truncated"])
+def test_a_saved_plan_that_is_not_json_is_refused(cut: str) -> None:
+    text = render.plan_json(plan_of(base_state(), {}))
+    text = text + " {}" if cut == "trailing" else text[: len(text) // 2]
+    with pytest.raises(ijson.JSONError):
+        saved_of(text)

@@ -6,6 +6,7 @@ secret providers are built from the settings, so the CLI and the daemon share on
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import dataclasses
 import getpass
@@ -15,6 +16,8 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import ijson
 
 from headwater import heap, layout, snapshot
 from headwater import plan as planning
@@ -563,7 +566,7 @@ class Engine:
         *,
         trigger: str | None = None,
         allow_mass_delete: bool = False,
-        saved: planning.Plan | None = None,
+        saved: planning.Saved | None = None,
         action: str = "apply",
         confirm: Callable[[planning.Plan], bool] | None = None,
         by_tenant: bool | None = False,
@@ -583,14 +586,17 @@ class Engine:
         trigger = trigger or default_trigger()
         asked = confirm if each is None else _shown(each, confirm)
         listed = None
-        if saved is None and action == "apply":
-            done = self._apply_changes(instance, rev, trigger, allow_mass_delete, asked)
-            if done is not None:
-                return done
+        if action == "apply":
+            if saved is None:  # (a saved plan is checked against the whole plan, or its counts)
+                done = self._apply_changes(instance, rev, trigger, allow_mass_delete, asked)
+                if done is not None:
+                    return done
             if by_tenant is not False:
                 listed = snapshot.split(self.repo, rev)
                 if by_tenant or len(listed.entries) >= snapshot.BY_TENANT_FROM:
-                    return self._apply_by_tenant(instance, listed, trigger, allow_mass_delete, confirm, each)
+                    return self._apply_by_tenant(
+                        instance, listed, trigger, allow_mass_delete, confirm, each, saved=saved
+                    )
         self.forget(instance)
         ahead = _ReadAhead(instance)
         snap = self.valid_snapshot(rev, instance, record=True, ahead=ahead, listed=listed)
@@ -658,6 +664,8 @@ class Engine:
         allow_mass_delete: bool,
         confirm: Callable[[planning.Plan], bool] | None,
         each: Each | None = None,
+        *,
+        saved: planning.Saved | None = None,
     ) -> PlanResult:
         """The full apply, one tenant folder at a time: what ``apply`` does, holding one
         tenant's snapshot, desired state and read-back resources at a time, never the whole
@@ -668,9 +676,14 @@ class Engine:
         inventory that differs. Nothing is written when a folder has an error or the plan is
         refused. A second pass loads the tenants that change again and writes them into one
         staged revision of the target, published at the end: all or nothing, as ``apply``.
-        The plan returned has the counts only (``Plan.counted``).
+        The plan returned has the counts only (``Plan.counted``). A ``saved`` plan is checked
+        against the sets of each tenant's changes as they are counted.
         """
         self.forget(instance)
+        sets: planning.ChangeSets = {}
+        if saved is not None:  # each tenant's whole plan is made (its fingerprint with it)
+            each = _counting(sets, each)
+
         revision = pieces.revision
         _defined(instance, revision, pieces.instances)
         spec, target = pieces.instances[instance], self.target(instance)
@@ -686,6 +699,8 @@ class Engine:
                     self.store.record_failure(instance, revision, [d.to_json() for d in errors])
                     raise ValidationFailed(errors, revision)
                 result = first.plan(instance, revision, base)
+                if saved is not None:
+                    _check_saved(saved, result, sets)
                 self._guard(instance, result, managed_size, spec.max_delete_percent, allow_mass_delete, confirm)
                 found = snapshot.summary_of(first.tenants, first.report)
                 kept = snapshot.unloaded(first.outside, instance, found)
@@ -1171,26 +1186,38 @@ def _with_content(actual: State, target: LocalTarget, desired: State) -> State:
     return result
 
 
-def _check_saved(saved: planning.Plan, current: planning.Plan) -> None:
+def _counting(sets: planning.ChangeSets, each: Each | None) -> Each:
+    """``each``, counting each plan's changes into ``sets`` first."""
+    def counted(part: planning.Plan) -> None:
+        planning.add_change_sets(sets, part.changes)
+        if each is not None:
+            each(part)
+
+    return counted
+
+
+def _check_saved(saved: planning.Saved, current: planning.Plan, changes: planning.ChangeSets | None = None) -> None:
+    """PlanRefused unless applying now makes the changes ``saved`` lists: the same instance,
+    commit and state (its fingerprint), and the same sets of changes (``changes``: those of
+    ``current``'s parts, when it has only counts)."""
+    if changes is None:
+        changes = {}
+        planning.add_change_sets(changes, current.changes)
     if saved.instance != current.instance:
         raise PlanRefused(
             f"the plan is for instance {saved.instance!r}, not {current.instance!r}",
             hint="apply the plan with the instance it was made for",
         )
-    if saved.revision != current.revision or saved.fingerprint != current.fingerprint:
+    if saved.revision != current.revision or saved.header.fingerprint != current.fingerprint:
         raise PlanRefused(
             "the saved plan is stale: the instance or the revision changed since it was made",
             hint="run `headwater plan --out FILE` again and review the new plan",
         )
-    if _change_set(saved) != _change_set(current):
+    if saved.changes != changes:
         raise PlanRefused(
             "the saved plan is stale: applying now would make different changes",
             hint="run `headwater plan --out FILE` again and review the new plan",
         )
-
-
-def _change_set(p: planning.Plan) -> set[tuple[str, str, str | None]]:
-    return {(str(c.key), c.action, c.after_hash) for c in p.changes}
 
 
 def status_of(store: StateStore, engine: Engine | None, instance: str) -> dict[str, Any]:
@@ -1217,21 +1244,33 @@ def status_of(store: StateStore, engine: Engine | None, instance: str) -> dict[s
     return body
 
 
-def read_plan_file(path: str) -> planning.Plan:
+def read_plan_file(path: str) -> planning.Saved:
+    """The saved plan in the file ``path`` (see ``planning.read_saved``), or a clear error."""
+    hint = "give a file written by `headwater plan --out FILE`"
     try:
-        data = json.loads(Path(path).read_text("utf-8"))
+        with open(path, "rb") as stream:
+            return planning.read_saved(stream)
     except OSError as exc:
         raise HeadwaterError(f"cannot read plan file {path}: {exc.strerror}") from None
-    except json.JSONDecodeError as exc:
-        raise HeadwaterError(
-            f"{path}:{exc.lineno}: not a plan file ({exc.msg})",
-            hint="give a file written by `headwater plan --out FILE`",
-        ) from None
-    except UnicodeDecodeError:
-        raise HeadwaterError(
-            f"{path}: not a plan file (not UTF-8 text)",
-            hint="give a file written by `headwater plan --out FILE`",
-        ) from None
-    if not isinstance(data, Mapping):
-        raise HeadwaterError(f"{path}: not a plan file", hint="give a file written by `headwater plan --out FILE`")
-    return planning.Plan.from_json(dict(data))
+    except ijson.JSONError as exc:
+        if not _utf8(path):
+            raise HeadwaterError(f"{path}: not a plan file (not UTF-8 text)", hint=hint) from None
+        problem = next((line.strip() for line in str(exc).splitlines() if line.strip()), "not JSON")
+        raise HeadwaterError(f"{path}: not a plan file ({problem})", hint=hint) from None
+    except PlanRefused as exc:
+        if exc.message == "not a plan file":
+            raise HeadwaterError(f"{path}: not a plan file", hint=hint) from None
+        raise
+
+
+def _utf8(path: str) -> bool:
+    """Whether the file at ``path`` is UTF-8 text throughout (read a piece at a time)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as stream:
+            while piece := stream.read(1 << 20):
+                decoder.decode(piece)
+            decoder.decode(b"", final=True)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return True

@@ -182,8 +182,8 @@ def apply(
     quiet = bool((click.get_current_context().find_root().obj or {}).get("quiet"))
     # A large commit is applied tenant by tenant, holding one tenant at a time, as the daemon
     # does; the plan's text, when someone reads it, is written as the tenants are checked and
-    # shown once all are. A saved plan is applied whole: it is checked against the whole plan.
-    spool = _Spool(color) if saved is None and not (quiet and yes) else None
+    # shown once all are. A saved plan is checked against the sets of the changes made now.
+    spool = _Spool(color) if not (quiet and yes) else None
 
     def confirm(p: Plan) -> bool:
         if not quiet or not (p.is_empty or yes):
