@@ -347,7 +347,11 @@ def test_a_saved_plan_of_a_large_commit_is_checked_tenant_by_tenant(
 # -- 9. rollback -----------------------------------------------------------------------------------
 
 
-def test_rollback_to_an_earlier_applied_revision(hw: Headwater) -> None:
+@pytest.mark.parametrize("by_tenant_from", [snapshot.BY_TENANT_FROM, 0])  # 0: as a large commit
+def test_rollback_to_an_earlier_applied_revision(
+    hw: Headwater, monkeypatch: pytest.MonkeyPatch, by_tenant_from: int
+) -> None:
+    monkeypatch.setattr(snapshot, "BY_TENANT_FROM", by_tenant_from)
     assert hw.apply("dev").code == 0
     first = git(hw.repo, "rev-parse", "dev")
     second = commit_on(hw, {"tenants/acme/company/flows/hello.yaml": HELLO_DEV})
@@ -355,7 +359,9 @@ def test_rollback_to_an_earlier_applied_revision(hw: Headwater) -> None:
 
     result = hw.cmd("rollback", "--instance", "dev", "--to", first[:10])
     assert result.code == 0, result.err
-    assert f"Rolled dev back to {first[:12]}." in result.out
+    *plan, counts, rolled = result.out.splitlines()  # the plan, then what was done
+    assert (counts, rolled) == ("Plan: 0 to create, 1 to update, 0 to delete.", f"Rolled dev back to {first[:12]}.")
+    assert any(line.strip().startswith("~ flow hello") for line in plan)
     current = hw.instance_dir("dev") / "current"
     assert (current / "acme/company/flows/hello.yaml").read_bytes() == blob(
         hw.repo, first, "tenants/acme/company/flows/hello.yaml"

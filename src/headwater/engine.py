@@ -49,7 +49,7 @@ from headwater.secrets import (
     lookup_scope,
 )
 from headwater.settings import Settings
-from headwater.state import Lock, LockLost, StateStore
+from headwater.state import Action, Lock, LockLost, StateStore
 from headwater.targets.local import LocalTarget, Stage
 
 SecretValues = dict[tuple[str, str], dict[str, str]]
@@ -567,7 +567,7 @@ class Engine:
         trigger: str | None = None,
         allow_mass_delete: bool = False,
         saved: planning.Saved | None = None,
-        action: str = "apply",
+        action: Action = "apply",
         confirm: Callable[[planning.Plan], bool] | None = None,
         by_tenant: bool | None = False,
         each: Each | None = None,
@@ -586,17 +586,17 @@ class Engine:
         trigger = trigger or default_trigger()
         asked = confirm if each is None else _shown(each, confirm)
         listed = None
-        if action == "apply":
-            if saved is None:  # (a saved plan is checked against the whole plan, or its counts)
-                done = self._apply_changes(instance, rev, trigger, allow_mass_delete, asked)
-                if done is not None:
-                    return done
-            if by_tenant is not False:
-                listed = snapshot.split(self.repo, rev)
-                if by_tenant or len(listed.entries) >= snapshot.BY_TENANT_FROM:
-                    return self._apply_by_tenant(
-                        instance, listed, trigger, allow_mass_delete, confirm, each, saved=saved
-                    )
+        if action == "apply" and saved is None:  # (a saved plan is checked against a full plan)
+            done = self._apply_changes(instance, rev, trigger, allow_mass_delete, asked)
+            if done is not None:
+                return done
+        if by_tenant is not False:
+            listed = snapshot.split(self.repo, rev)
+            if by_tenant or len(listed.entries) >= snapshot.BY_TENANT_FROM:
+                return self._apply_by_tenant(
+                    instance, listed, trigger, allow_mass_delete, confirm, each, saved=saved,
+                    action=action,
+                )
         self.forget(instance)
         ahead = _ReadAhead(instance)
         snap = self.valid_snapshot(rev, instance, record=True, ahead=ahead, listed=listed)
@@ -631,7 +631,7 @@ class Engine:
                 return PlanResult(result, desired, snap)  # already there: no new revision, no history row
             revision = snap.revision
             self.store.begin_apply(
-                instance, revision, action=action, trigger=trigger, summary=summary,  # type: ignore[arg-type]
+                instance, revision, action=action, trigger=trigger, summary=summary,
                 base=_folder(target),
             )
             # What is kept of the commit is made now, and the whole snapshot let go before the
@@ -651,7 +651,7 @@ class Engine:
                     target.apply(revision, desired.state, desired.secrets)
 
             self._write(instance, revision, write)
-            self.store.finish_apply(instance, revision, inventory, summary, trigger, action)  # type: ignore[arg-type]
+            self.store.finish_apply(instance, revision, inventory, summary, trigger, action)
         if action == "apply":
             self._keep_whole(instance, snap, len(inventory), summary=found)
         return PlanResult(result, desired, snap)
@@ -666,6 +666,7 @@ class Engine:
         each: Each | None = None,
         *,
         saved: planning.Saved | None = None,
+        action: Action = "apply",
     ) -> PlanResult:
         """The full apply, one tenant folder at a time: what ``apply`` does, holding one
         tenant's snapshot, desired state and read-back resources at a time, never the whole
@@ -677,7 +678,8 @@ class Engine:
         refused. A second pass loads the tenants that change again and writes them into one
         staged revision of the target, published at the end: all or nothing, as ``apply``.
         The plan returned has the counts only (``Plan.counted``). A ``saved`` plan is checked
-        against the sets of each tenant's changes as they are counted.
+        against the sets of each tenant's changes as they are counted. A rollback (``action``)
+        always writes a revision, and keeps nothing for the next incremental apply (as whole).
         """
         self.forget(instance)
         sets: planning.ChangeSets = {}
@@ -705,12 +707,15 @@ class Engine:
                 found = snapshot.summary_of(first.tenants, first.report)
                 kept = snapshot.unloaded(first.outside, instance, found)
                 desired = Desired(revision, {}, {}, {}, tuple(first.missing))
-                if result.is_empty and base == revision and self.store.get(instance).applied_revision == revision:
+                if (
+                    result.is_empty and action == "apply"
+                    and base == revision and self.store.get(instance).applied_revision == revision
+                ):
                     self._keep_whole(instance, kept, first.size, summary=found)
                     return PlanResult(result, desired, kept)  # already there
-                summary = {**result.summary(), "action": "apply"}
+                summary = {**result.summary(), "action": action}
                 self.store.begin_apply(
-                    instance, revision, action="apply", trigger=trigger, summary=summary, base=_folder(target)
+                    instance, revision, action=action, trigger=trigger, summary=summary, base=_folder(target)
                 )
                 changing = first.changing
 
@@ -721,11 +726,12 @@ class Engine:
                             lock.refresh(LOCK_TTL)
 
                 self._write(instance, revision, write)
-                self.store.finish_apply_staged(instance, revision, summary, trigger, "apply")
+                self.store.finish_apply_staged(instance, revision, summary, trigger, action)
             finally:
                 with contextlib.suppress(StateError):
                     self.store.unstage(instance)
-        self._keep_whole(instance, kept, first.size, summary=found)
+        if action == "apply":
+            self._keep_whole(instance, kept, first.size, summary=found)
         return PlanResult(result, desired, kept)
 
     def _count_by_tenant(

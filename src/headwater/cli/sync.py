@@ -460,8 +460,17 @@ def rollback(
             return rollback_git(engine, instance, sha, remote)
         if remote:
             raise click.UsageError("--push goes with --git")
-        result = engine.apply(instance, sha, action="rollback", allow_mass_delete=allow_mass_delete)
-    click.echo(render.plan_text(result.plan, output.use_color(False)))
+        # A large commit goes tenant by tenant, as an apply: its plan is shown before it is written.
+        with _Spool(color=False) as spool:
+
+            def shown(plan: Plan) -> bool:
+                spool.show(plan)
+                return True
+
+            engine.apply(
+                instance, sha, action="rollback", allow_mass_delete=allow_mass_delete, by_tenant=None,
+                each=spool.add, confirm=shown,
+            )
     click.echo(f"Rolled {instance} back to {sha[:12]}.")
 
 
