@@ -568,6 +568,7 @@ def test_a_directory_that_is_not_a_repository(hw: Headwater, tmp_path: Path) -> 
         ('{"format_version": 1}', "not a valid Headwater plan: missing field 'instance'"),
         ('{"format_version": 99}', "not a valid Headwater plan: unsupported format_version"),
         (b"\xff\xfe\x00garbage", "not a plan file (not UTF-8 text)"),
+        ('{"instance": "d\u00e9v", "revision": "caf\u00e9"]', "not a plan file (parse error: "),
     ],
 )
 def test_a_corrupt_plan_file(hw: Headwater, tmp_path: Path, content: str | bytes, message: str) -> None:

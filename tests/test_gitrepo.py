@@ -128,10 +128,16 @@ def test_bad_revision_and_not_a_repository(tmp_path: Path) -> None:
         GitRepo(tmp_path / "plain")
 
 
-@pytest.mark.parametrize("where", ["missing", "a file", "a folder inside a work tree"])
+@pytest.mark.parametrize(
+    "where", ["missing", "a file", "a folder inside a work tree", "the same through ..", "the same through a link"]
+)
 def test_what_is_not_a_repository(tmp_path: Path, where: str) -> None:
-    repo_dir = init_repo(tmp_path / "r", {"a": "1", "sub/b": "2"})
-    path = {"missing": tmp_path / "nope", "a file": repo_dir / "a", "a folder inside a work tree": repo_dir / "sub"}
+    repo_dir = init_repo(tmp_path / "r", {"a": "1", "sub/b": "2", "sub/deeper/c": "3"})
+    os.symlink(repo_dir / "sub", tmp_path / "link")
+    path = {
+        "missing": tmp_path / "nope", "a file": repo_dir / "a", "a folder inside a work tree": repo_dir / "sub",
+        "the same through ..": repo_dir / "sub" / "deeper" / "..", "the same through a link": tmp_path / "link",
+    }
     with pytest.raises(GitError, match="not a Git repository") as caught:
         GitRepo(path[where])
     assert caught.value.hint is not None and "-C PATH" in caught.value.hint
@@ -154,3 +160,15 @@ def test_a_repository_is_found_by_its_work_tree_its_git_directory_or_a_bare_clon
             assert repo.git_dir.resolve() == git_dir.resolve(), path
             assert [e.path for e in repo.ls_tree("HEAD")] == ["a"]
             assert repo.commit_info("HEAD")["sha"] == repo.resolve("HEAD")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the repository to another user")
+def test_a_repository_another_user_owns_is_read(tmp_path: Path) -> None:
+    """Git's discovery refuses a repository another user owns (safe.directory), as on a
+    mounted volume; the repository at the path given is read all the same."""
+    repo_dir = init_repo(tmp_path / "r", {"a": "1"})
+    for folder, _dirs, files in os.walk(repo_dir):
+        for name in [folder, *(os.path.join(folder, f) for f in files)]:
+            os.chown(name, 65534, 65534)
+    with GitRepo(repo_dir) as repo:
+        assert [e.path for e in repo.ls_tree("HEAD")] == ["a"]

@@ -590,15 +590,28 @@ def test_a_saved_plan_with_a_wrong_change_is_refused_as_from_json_refuses_it(cha
         saved_of(json.dumps(body))
 
 
+def test_a_saved_plan_with_changes_twice_counts_the_last_as_json_does() -> None:
+    plan = plan_of(base_state(), {})
+    text = render.plan_json(plan)
+    sets: ChangeSets = {}
+    add_change_sets(sets, plan.changes)
+    twice = text.replace('"changes": [', '"changes": [], "changes": [', 1)
+    assert saved_of(twice).changes == sets
+    first_only = text.replace('"changes": [', '"changes": [5], "changes": [', 1)
+    assert saved_of(first_only).changes == sets  # (json.loads keeps the last too)
+
+
 @pytest.mark.parametrize("text", ["[]", "5", '"plan"'])
 def test_a_saved_plan_that_is_not_an_object(text: str) -> None:
     with pytest.raises(PlanRefused, match="not a plan file"):
         saved_of(text)
 
 
-@pytest.mark.parametrize("cut", ["trailing", "truncated"])
+@pytest.mark.parametrize("cut", ["trailing", "truncated", "deep"])
 def test_a_saved_plan_that_is_not_json_is_refused(cut: str) -> None:
     text = render.plan_json(plan_of(base_state(), {}))
-    text = text + " {}" if cut == "trailing" else text[: len(text) // 2]
+    if cut == "deep":  # nested past any plan, and unfinished: read in little memory
+        text = '{"drift": ' + "[" * 200_000
+    text = text + " {}" if cut == "trailing" else text[: len(text) // 2] if cut == "truncated" else text
     with pytest.raises(ijson.JSONError):
         saved_of(text)

@@ -1261,7 +1261,9 @@ def read_plan_file(path: str) -> planning.Saved:
     except ijson.JSONError as exc:
         if not _utf8(path):
             raise HeadwaterError(f"{path}: not a plan file (not UTF-8 text)", hint=hint) from None
-        problem = next((line.strip() for line in str(exc).splitlines() if line.strip()), "not JSON")
+        text = exc.args[0] if exc.args else ""  # (bytes when yajl's excerpt cuts a character)
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        problem = next((line.strip() for line in text.splitlines() if line.strip()), "not JSON")
         raise HeadwaterError(f"{path}: not a plan file ({problem})", hint=hint) from None
     except PlanRefused as exc:
         if exc.message == "not a plan file":

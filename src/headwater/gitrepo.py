@@ -55,25 +55,33 @@ class GitRepo:
     """A repository on disk (bare or not), read through git plumbing."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        """The repository at ``path`` (its work tree or its Git directory; not a folder inside
-        it). Found by ``git rev-parse``: this is on every command's path, and GitPython, for
-        the few reads that use it, is imported only then."""
+        """The repository at ``path``: its work tree (``path/.git``, a folder or a linked
+        worktree's file) or its Git directory (a bare repository), never a folder inside one.
+        Each is asked of ``git --git-dir``, not found by Git's discovery, which climbs to
+        parent folders and refuses a repository another user owns (a mounted volume). This is
+        on every command's path: GitPython, for the few reads that use it, is imported then."""
         self.path = Path(path)
-        where = self.path.absolute()
         env = _git_env()
-        for name in ("GIT_DIR", "GIT_WORK_TREE"):  # the path given is the repository
+        for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_COMMON_DIR"):  # the path given is the repository
             env.pop(name, None)
-        env["GIT_CEILING_DIRECTORIES"] = str(where.parent)  # and not a folder above it
-        proc = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "--absolute-git-dir"],
-            capture_output=True, env=env, check=False,
-        )
-        if proc.returncode != 0 or not where.is_dir():
-            raise GitError(
-                f"{self.path} is not a Git repository",
-                hint="pass the repository with -C PATH, or run `git init` there",
+        problem = ""
+        for candidate in (self.path / ".git", self.path):
+            if not candidate.exists():
+                continue
+            proc = subprocess.run(
+                ["git", "--git-dir", str(candidate), "rev-parse", "--absolute-git-dir"],
+                capture_output=True, env=env, check=False,
             )
-        self.git_dir = Path(proc.stdout.decode("utf-8", "surrogateescape").strip())
+            if proc.returncode == 0:
+                self.git_dir = Path(proc.stdout.decode("utf-8", "surrogateescape").strip())
+                return
+            found = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+            if found and "not a git repository" not in found[-1].lower():
+                problem = found[-1].removeprefix("fatal: ")
+        raise GitError(
+            f"{self.path} is not a Git repository" + (f" ({problem})" if problem else ""),
+            hint="pass the repository with -C PATH, or run `git init` there",
+        )
 
     def close(self) -> None:
         """Nothing to release: every read is a ``git`` process of its own (kept for ``with``)."""

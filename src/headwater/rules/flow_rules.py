@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from sys import intern
 from typing import Any, Literal, NamedTuple, Protocol
 
 from headwater.errors import Diagnostic, Severity
@@ -63,6 +62,17 @@ class FlowTarget(NamedTuple):
 
 
 _KINDS: dict[str, TypeKind] = {kind: kind for kind in ("task", "trigger", "condition", "taskRunner")}
+# One string per plugin type name: tens of thousands of flows name a few dozen types. A table of
+# this process's (not sys.intern: interned strings are never freed on Python 3.12), let go
+# when it grows past what a repository names.
+_NAMES: dict[str, str] = {}
+_NAMES_LIMIT = 10_000
+
+
+def _name(text: str) -> str:
+    if len(_NAMES) >= _NAMES_LIMIT:
+        _NAMES.clear()
+    return _NAMES.setdefault(text, text)
 
 
 class TypeUse(NamedTuple):
@@ -111,7 +121,7 @@ def _references(
     return FlowReferences(
         tuple(map(FileRef._make, files)), tuple(map(SecretRef._make, secrets)),
         tuple(map(FlowTarget._make, subflows)),
-        tuple(TypeUse(intern(name), _KINDS[kind], line, column) for name, kind, line, column in types),
+        tuple(TypeUse(_name(name), _KINDS[kind], line, column) for name, kind, line, column in types),
         plugin_defaults,
     )
 
@@ -202,12 +212,12 @@ def _type_uses(doc: Document, flow: dict[str, Any], tasks: list[_Task]) -> list[
     for task in tasks:
         value = task.value.get("type")
         if isinstance(value, str):
-            uses.append(TypeUse(intern(value), "task", *mark((*task.loc, "type"))))
+            uses.append(TypeUse(_name(value), "task", *mark((*task.loc, "type"))))
         runner = task.value.get("taskRunner")
         if isinstance(runner, dict):
             value = runner.get("type")
             if isinstance(value, str):
-                uses.append(TypeUse(intern(value), "taskRunner", *mark((*task.loc, "taskRunner", "type"))))
+                uses.append(TypeUse(_name(value), "taskRunner", *mark((*task.loc, "taskRunner", "type"))))
     for key in ("triggers", "listeners"):
         items = flow.get(key)
         for index, item in enumerate(items if isinstance(items, list) else ()):
@@ -216,11 +226,11 @@ def _type_uses(doc: Document, flow: dict[str, Any], tasks: list[_Task]) -> list[
             if key == "triggers":
                 value = item.get("type")
                 if isinstance(value, str):
-                    uses.append(TypeUse(intern(value), "trigger", *mark((key, index, "type"))))
+                    uses.append(TypeUse(_name(value), "trigger", *mark((key, index, "type"))))
             for loc, condition in _conditions(item.get("conditions"), (key, index, "conditions")):
                 value = condition.get("type")
                 if isinstance(value, str):
-                    uses.append(TypeUse(intern(value), "condition", *mark((*loc, "type"))))
+                    uses.append(TypeUse(_name(value), "condition", *mark((*loc, "type"))))
     return uses
 
 
