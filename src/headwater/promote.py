@@ -602,11 +602,9 @@ def prepare_rollback(
     _head, spec = instance_spec(repo, instance)
     base_ref, base_head = branch_ref(repo, spec.branch, remote)
     # listed, their root files read: what the tenants hold does not matter here
-    old_commit, new_commit = snapshot.split(repo, revision), snapshot.split(repo, base_head)
-    specs = [
-        s for s in (old_commit.instances.get(instance), new_commit.instances.get(instance), spec) if s
-    ]
-    tenants = set(old_commit.layout().tenants) | set(new_commit.layout().tenants)
+    restored, current = snapshot.split(repo, revision), snapshot.split(repo, base_head)
+    specs = [s for s in (restored.instances.get(instance), current.instances.get(instance), spec) if s]
+    tenants = set(restored.layout().tenants) | set(current.layout().tenants)
     carried = {t for t in tenants if any(s.carries(t) for s in specs)}
     roots = tuple(f"{layouts.TENANTS_DIR}/{t}/" for t in sorted(carried))
     top = {layouts.REPO_CONFIG, layouts.IGNORE_FILE}
@@ -614,8 +612,8 @@ def prepare_rollback(
     def mine(path: str) -> bool:
         return path in top or path.startswith(roots)
 
-    old = {e.path: (e.mode, e.oid) for e in repo.ls_tree(base_head) if mine(e.path)}
-    new = {e.path: (e.mode, e.oid) for e in repo.ls_tree(revision) if mine(e.path)}
+    old = {e.path: (e.mode, e.oid) for e in current.entries if mine(e.path)}
+    new = {e.path: (e.mode, e.oid) for e in restored.entries if mine(e.path)}
     changes: dict[str, tuple[str, str] | None] = {p: None for p in old.keys() - new.keys()}
     changes.update({p: entry for p, entry in new.items() if old.get(p) != entry})
     base_tree = repo.tree_of(base_head)
