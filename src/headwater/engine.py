@@ -1265,10 +1265,8 @@ def read_plan_file(path: str) -> planning.Saved:
         text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
         problem = next((line.strip() for line in text.splitlines() if line.strip()), "not JSON")
         raise HeadwaterError(f"{path}: not a plan file ({problem})", hint=hint) from None
-    except PlanRefused as exc:
-        if exc.message == "not a plan file":
-            raise HeadwaterError(f"{path}: not a plan file", hint=hint) from None
-        raise
+    except planning.NotAPlan:
+        raise HeadwaterError(f"{path}: not a plan file", hint=hint) from None
 
 
 def _utf8(path: str) -> bool:

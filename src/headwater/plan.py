@@ -311,15 +311,20 @@ class Saved:
         return self.header.revision
 
 
+class NotAPlan(PlanRefused):
+    """A saved plan's document is not a JSON object (``read_saved``)."""
+
+
 def read_saved(stream: BinaryIO) -> Saved:
     """A saved plan (``plan_json``'s text) from ``stream``, read a change at a time.
-    ``PlanRefused`` when it is JSON but not a plan (its header's problems first, as
-    ``Plan.from_json`` finds them); ijson's error when it is not JSON."""
+    ``NotAPlan`` when it is JSON but not an object; ``PlanRefused`` when it is an object
+    but not a plan (its header's problems first, as ``Plan.from_json`` finds them); ijson's
+    error when it is not JSON."""
     # (basic_parse: without the path of each value, which costs the square of the nesting)
     events = ijson.basic_parse(stream, use_float=True)
     first = next(events, None)
     if first is None or first[0] != "start_map":
-        raise PlanRefused("not a plan file", hint="give a file written by `headwater plan --out FILE`")
+        raise NotAPlan("not a plan file", hint="give a file written by `headwater plan --out FILE`")
     header: dict[str, Any] = {}
     sets: ChangeSets = {}
     wrong: KeyError | TypeError | ValueError | None = None  # the first change that is not one
