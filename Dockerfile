@@ -5,17 +5,23 @@
 FROM python:3.12-slim
 
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends git ca-certificates openssh-client \
+    && apt-get install -y --no-install-recommends git ca-certificates openssh-client libyaml-0-2 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/headwater --create-home headwater
 
 WORKDIR /opt/headwater
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY setup.py ./
 # The JSON schemas are package data (src/headwater/data/schemas; schemas/ links to them).
-RUN pip install --no-cache-dir . \
+# The compiled YAML composer builds with gcc and libyaml-dev, removed once it is built.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev libyaml-dev \
+    && pip install --no-cache-dir . \
     && python -c "from headwater.schemas import SCHEMA_DIR as d; assert (d / 'flow.schema.json').is_file(), d" \
-    && rm -rf /root/.cache
+    && python -c "import headwater._compose" \
+    && apt-get purge -y --auto-remove gcc libc6-dev libyaml-dev \
+    && rm -rf /var/lib/apt/lists/* /root/.cache
 
 USER headwater
 ENV HEADWATER_STATE_DIR=/var/lib/headwater \

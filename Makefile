@@ -7,10 +7,15 @@ SIZE ?= S
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml
+# The compiled YAML composer (src/headwater/_compose.c) needs libyaml's headers: Debian's
+# libyaml-dev, installed here when missing. The tests check it against the Python one.
+$(STAMP): pyproject.toml setup.py src/headwater/_compose.c
+	@test -f /usr/include/yaml.h || (apt-get install -y -qq libyaml-dev \
+		|| (apt-get update -qq && apt-get install -y -qq libyaml-dev))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c 'import headwater._compose' || { echo 'the compiled YAML composer did not build: it needs gcc and libyaml-dev' >&2; exit 1; }
 	touch $(STAMP)
 
 demo: $(STAMP)

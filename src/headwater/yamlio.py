@@ -26,6 +26,11 @@ try:  # libyaml is the fast path; the pure-Python parser gives identical events.
 except ImportError:  # pragma: no cover - libyaml is a hard expectation of the project
     from yaml import SafeLoader as _EventLoader  # type: ignore[assignment]
 
+try:  # the common case of _compose, compiled (src/headwater/_compose.c)
+    from headwater._compose import compose as _compiled
+except ImportError:  # pragma: no cover - built by `make`; a plain pip install may lack it
+    _compiled = None  # type: ignore[assignment]
+
 Key = str | int
 Path = tuple[Key, ...]
 Mark = tuple[int, int]
@@ -228,6 +233,21 @@ def load(
 
 
 def _build(text: str, path: str, max_depth: int, max_nodes: int, allow_multi: bool) -> Document:
+    if _compiled is not None:
+        done = _compiled(text, max_depth, max_nodes, max_depth <= MAX_DEPTH, resolve_plain)
+        if done is not None:
+            return Document(path, *done)
+    return compose_events(text, path, max_depth, max_nodes, allow_multi)
+
+
+def compose_events(
+    text: str, path: str, max_depth: int, max_nodes: int, allow_multi: bool
+) -> Document:
+    """The reference composer, over PyYAML's events of libyaml's parse.
+
+    The compiled one (``_compose.c``) builds the same for a document without anchors, aliases
+    or explicit scalar tags that loads without an error, and leaves the rest to this one.
+    """
     loader = _EventLoader(text)
     try:
         return _compose(loader, path, max_depth, max_nodes, allow_multi)
