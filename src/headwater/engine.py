@@ -330,14 +330,13 @@ class Engine:
                     calls.pop(key, None)
                     sources.pop(key, None)
 
-        def blob_resource(key: ResourceKey, oid: str, source: str) -> Resource:
-            digest, binary = hashes[oid]
-            sources[key] = oid
-            return Resource(key, digest, blobs.get(oid), binary, source)
-
         def add(here: list[ResourceKey], res: Resource) -> None:
             state[res.key] = res
             here.append(res.key)
+
+        # A ResourceKey without NamedTuple's __new__ (a Python call; blob resources number
+        # ten per flow in a repository that shares files down deep namespace trees).
+        new_key, blobs_get = tuple.__new__, blobs.get
 
         with lookup_scope(self.provider):  # one listing per secret folder
             for ns in views:
@@ -360,11 +359,19 @@ class Engine:
                     secret_values.setdefault((tenant, name), {})[secret] = value
                     add(here, Resource(key, secret_hash(self.hash_key, value), None, False, f"secret {secret}"))
                 for rel, (_origin, entry) in ns.files.items():
-                    key = ResourceKey(tenant, name, "file", rel)
-                    add(here, blob_resource(key, entry.oid, entry.path))
+                    key = new_key(ResourceKey, (tenant, name, "file", rel))
+                    oid = entry.oid
+                    digest, binary = hashes[oid]
+                    sources[key] = oid
+                    state[key] = Resource(key, digest, blobs_get(oid), binary, entry.path)
+                    here.append(key)
                 for fid, info in ns.flows.items():
-                    key = ResourceKey(tenant, name, "flow", fid)
-                    add(here, blob_resource(key, info.entry.oid, info.entry.path))
+                    key = new_key(ResourceKey, (tenant, name, "flow", fid))
+                    oid = info.entry.oid
+                    digest, binary = hashes[oid]
+                    sources[key] = oid
+                    state[key] = Resource(key, digest, blobs_get(oid), binary, info.entry.path)
+                    here.append(key)
                     if info.refs is not None:
                         calls[key] = _callees(tenant, info.refs)
                 ns_keys[(tenant, name)] = tuple(here)

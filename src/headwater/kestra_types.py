@@ -101,6 +101,11 @@ class TypeRegistry:
     def is_known(self, type_name: str) -> bool:
         return type_name in self._names
 
+    def is_unknown_core(self, type_name: str) -> bool:
+        """Whether ``type_name`` is in Kestra's core namespace but not known here: a typo, or
+        a type of another Kestra version (a known name, the usual case, is one lookup)."""
+        return type_name not in self._names and is_core_namespace(type_name)
+
     @staticmethod
     def is_core_namespace(type_name: str) -> bool:
         return is_core_namespace(type_name)

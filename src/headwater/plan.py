@@ -84,24 +84,23 @@ class Change:
         diff: str | None = None,
         source: str = "",
     ) -> None:
-        init = object.__setattr__
-        init(self, "key", key)
-        init(self, "action", action)
-        init(self, "before_hash", before_hash)
-        init(self, "after_hash", after_hash)
-        init(self, "binary", binary)
-        init(self, "sensitive", sensitive)
-        init(self, "drift", drift)
-        init(self, "source", source)
-        init(self, "_diff", diff)
-        init(self, "_pending", None)
+        _set_key(self, key)
+        _set_action(self, action)
+        _set_before_hash(self, before_hash)
+        _set_after_hash(self, after_hash)
+        _set_binary(self, binary)
+        _set_sensitive(self, sensitive)
+        _set_drift(self, drift)
+        _set_source(self, source)
+        _set_diff(self, diff)
+        _set_pending(self, None)
 
     @property
     def diff(self) -> str | None:
         pending = self._pending
         if pending is not None:
-            object.__setattr__(self, "_diff", _diff(pending[0], pending[1], pending[2]))
-            object.__setattr__(self, "_pending", None)
+            _set_diff(self, _diff(pending[0], pending[1], pending[2]))
+            _set_pending(self, None)
         return self._diff
 
     @property
@@ -181,6 +180,21 @@ class Change:
         ):
             raise ValueError(f"sensitive change {change.key} carries a hash or a diff")
         return change
+
+
+# Change's fields are set through their slots' own descriptors, past its __setattr__: through
+# object.__setattr__ a change took 1.3 us to make, through these 0.5 us, and a plan of a
+# large instance makes a hundred thousand changes.
+(
+    _set_key, _set_action, _set_before_hash, _set_after_hash, _set_binary, _set_sensitive,
+    _set_drift, _set_source, _set_diff, _set_pending,
+) = (
+    Change.__dict__[name].__set__
+    for name in (
+        "key", "action", "before_hash", "after_hash", "binary", "sensitive", "drift", "source",
+        "_diff", "_pending",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -599,7 +613,7 @@ def _change(
         if old is not None and new is not None and max(len(old), len(new)) <= MAX_DIFF_BYTES:
             # The diff of a creation or a deletion is empty exactly when the content is.
             known = (have is None or want is None) and bool(old or new)
-            object.__setattr__(change, "_pending", (have, want, source or str(key), known))
+            _set_pending(change, (have, want, source or str(key), known))
     return change
 
 

@@ -29,6 +29,7 @@ DAG, SWITCH, WORKING_DIR = _FLOW + "Dag", _FLOW + "Switch", _FLOW + "WorkingDire
 SUBFLOW_TYPES = frozenset({_FLOW + "Subflow", _FLOW + "ForEachItem"})
 RUNNABLE_FLOW_TYPES = frozenset({_FLOW + "Sleep"})  # the only runnable task in core.flow
 CHILD_KEYS = ("tasks", "errors", "finally", "then", "else")  # lists of child tasks
+_CHILD_KEY_SET = frozenset(CHILD_KEYS)
 READ_ONLY_LABEL = "system.readOnly"
 
 TypeKind = Literal["task", "trigger", "condition", "taskRunner"]
@@ -168,10 +169,11 @@ def _task_tree(task: dict[str, Any], loc: Path, found: list[_Task]) -> None:
     kind = task.get("type")
     canonical = _CORE.canonical(kind) if isinstance(kind, str) else None
     found.append(_Task(loc, task, canonical))
-    for key in CHILD_KEYS:
-        children = task.get(key)
-        if children is not None:
-            _tasks_in(children, (*loc, key), found)
+    if not _CHILD_KEY_SET.isdisjoint(task):  # (most tasks have no children)
+        for key in CHILD_KEYS:
+            children = task.get(key)
+            if children is not None:
+                _tasks_in(children, (*loc, key), found)
     if canonical == SWITCH:
         cases = task.get("cases")
         if isinstance(cases, dict):
@@ -208,11 +210,12 @@ def _conditions(items: Any, loc: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 def _type_uses(doc: Document, flow: dict[str, Any], tasks: list[_Task]) -> list[TypeUse]:
     uses: list[TypeUse] = []
-    mark = doc.mark
+    mark, marks = doc.mark, doc.marks
     for task in tasks:
         value = task.value.get("type")
         if isinstance(value, str):
-            uses.append(TypeUse(_name(value), "task", *mark((*task.loc, "type"))))
+            loc = (*task.loc, "type")  # a key the loader marked, unless the Document was made by hand
+            uses.append(TypeUse(_name(value), "task", *(marks.get(loc) or mark(loc))))
         runner = task.value.get("taskRunner")
         if isinstance(runner, dict):
             value = runner.get("type")
@@ -296,7 +299,7 @@ def check_flow(doc: Document, registry: TypeRegistry) -> list[Diagnostic]:
     _check_labels(flow.get("labels"), report)
 
     for use in walk.types:
-        if registry.is_core_namespace(use.type) and not registry.is_known(use.type):
+        if registry.is_unknown_core(use.type):
             suggestion = registry.suggest(use.type)
             out.append(Diagnostic(
                 doc.path, use.line, use.column, "flow.unknown-type",
