@@ -12,8 +12,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from headwater import flowbatch, render, snapshot
 from headwater import plan as planning
-from headwater import render, snapshot
 from headwater.engine import Engine, PlanResult
 from headwater.errors import HeadwaterError, PlanRefused, TargetError, ValidationFailed
 from headwater.gitrepo import GitRepo
@@ -38,10 +38,16 @@ CHANGES: list[dict[str, str | None]] = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def every_commit_by_tenant(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The CLI's plan and apply go tenant by tenant above a size; here, always."""
+@pytest.fixture(autouse=True, params=["alone", "pipelined"])
+def every_commit_by_tenant(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """The CLI's plan and apply go tenant by tenant above a size; here, always: in this
+    process alone, or with a worker validating each tenant's flows while the tenant before
+    it is planned (``flowbatch.Pipeline``; above a size too)."""
     monkeypatch.setattr(snapshot, "BY_TENANT_FROM", 0)
+    if request.param == "pipelined":
+        monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
+        monkeypatch.setattr(flowbatch, "CHUNK", 1)
+        monkeypatch.setenv("HEADWATER_WORKERS", "1")
 
 
 @pytest.fixture

@@ -33,6 +33,27 @@ def test_cache_round_trip_and_torn_entries(tmp_path: Path) -> None:
         assert cache.get_many(["a"]) == {}  # the torn entry is gone, to be rebuilt
 
 
+def test_which_keys_have_an_entry(tmp_path: Path) -> None:
+    with ResultCache(tmp_path / "c.db") as cache:
+        cache.put_many({f"k{i}": i for i in range(1200)})  # more than one query's worth
+        assert cache.has_many([f"k{i}" for i in range(0, 1500, 3)]) == {f"k{i}" for i in range(0, 1200, 3)}
+        assert cache.has_many([]) == set()
+    assert ResultCache(None).has_many(["k1"]) == set()
+
+
+def test_the_flows_a_folder_will_validate_are_those_the_cache_lacks(sample: Path, tmp_path: Path) -> None:
+    """``snapshot.to_validate``: what a pipeline is given ahead of a folder's turn."""
+    with GitRepo(sample) as repo, ResultCache(tmp_path / "c.db") as cache:
+        pieces = snapshot.split(repo, "HEAD")
+        tree, items = snapshot.to_validate(pieces, "acme", cache)
+        whole = snapshot.load(repo, "HEAD")
+        flows = {(i.entry.oid, i.entry.path, i.flow_id, i.namespace) for i in whole.flows.values() if i.tenant == "acme"}
+        assert set(items) == flows and len(items) == len(flows) > 1
+        assert tree.tenants.keys() == {"acme"}
+        snapshot.piece(repo, pieces, "dev", "acme", cache=cache, tree=tree)  # its results now cached
+        assert snapshot.to_validate(pieces, "acme", cache)[1] == []
+
+
 def test_blob_hashes_round_trip_and_torn_rows(tmp_path: Path) -> None:
     a, b = "a" * 40, "b" * 40
     with ResultCache(tmp_path / "c.db") as cache:

@@ -143,3 +143,70 @@ def test_a_missing_blob_among_forked_workers_is_an_error_not_a_hang(sample: Path
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"missing Git object {'0' * 40}"
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_pipeline_validates_each_folder_as_validate_many_does(
+    sample: Path, monkeypatch: pytest.MonkeyPatch, workers: str
+) -> None:
+    """Folders submitted ahead (the next one before the first is collected), one not
+    submitted at all, chunks taken back by this process: the results are validate_many's,
+    and ``meanwhile`` is given the folder's blobs once."""
+    commit(sample, "one bad flow", {FLOW: "id: ingest\nnamespace: company.team\ntasks: []\n"})
+    monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
+    monkeypatch.setattr(flowbatch, "CHUNK", 1)
+    monkeypatch.setenv("HEADWATER_WORKERS", workers)
+    with GitRepo(sample) as repo:
+        items = _items(repo)
+        registry = snapshot.load(repo, "HEAD").registry
+        expected = flowbatch.validate_many(repo, items, registry, [])
+        first, second = items[: len(items) // 2], items[len(items) // 2 :]
+        given: list[dict[str, bytes]] = []
+        with flowbatch.Pipeline(repo, [], expected=len(items)) as pipeline:
+            assert pipeline.workers == int(workers)
+            pipeline.ahead(first)
+            pipeline.ahead(second)
+            got = pipeline.validate(repo, first, registry, [], lambda blobs: given.append(dict(blobs)))
+            got.update(pipeline.validate(repo, second, registry, []))
+            assert not pipeline._queued  # each chunk collected once
+            again = pipeline.validate(repo, items, registry, [])  # nothing submitted ahead
+        assert pipeline._pool is None
+        assert given == [repo.read_blobs(oid for (oid, *_rest) in first)]
+    assert len(first) > 1 and len(second) > 1
+    assert got == expected == again
+    assert any(diags for diags, _refs in got.values())
+
+
+def test_a_pipeline_of_few_flows_starts_no_worker(sample: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HEADWATER_WORKERS", "2")
+    with GitRepo(sample) as repo, flowbatch.Pipeline(repo, [], expected=flowbatch.PARALLEL_MIN - 1) as pipeline:
+        items = _items(repo)
+        pipeline.ahead(items)
+        results = pipeline.validate(repo, items, snapshot.load(repo, "HEAD").registry, [])
+        assert pipeline.workers == 0 and pipeline._pool is None
+    assert results.keys() == {item[1] for item in items}
+
+
+def test_a_missing_blob_in_a_pipeline_is_an_error_not_a_hang(sample: Path, tmp_path: Path) -> None:
+    """As for validate_many: the forked workers hold a copy of the reader's pipe to Git."""
+    script = tmp_path / "missing.py"
+    script.write_text(
+        "from headwater import flowbatch, snapshot\n"
+        "from headwater.errors import GitError\n"
+        "from headwater.gitrepo import GitRepo\n"
+        "flowbatch.PARALLEL_MIN, flowbatch.CHUNK = 1, 1\n"
+        f"with GitRepo({str(sample)!r}) as repo:\n"
+        "    snap = snapshot.load(repo, 'HEAD')\n"
+        "    items = [(i.entry.oid, i.entry.path, i.flow_id, i.namespace) for i in snap.flows.values()]\n"
+        "    items.insert(2, ('0' * 40, 'tenants/acme/company/flows/gone.yaml', 'gone', 'company'))\n"
+        "    try:\n"
+        "        with flowbatch.Pipeline(repo, [], expected=len(items)) as pipeline:\n"
+        "            pipeline.ahead(items)\n"
+        "            pipeline.validate(repo, items, snap.registry, [])\n"
+        "    except GitError as exc:\n"
+        "        print(exc.message)\n"
+    )
+    env = {**os.environ, "HEADWATER_WORKERS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"missing Git object {'0' * 40}"

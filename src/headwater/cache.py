@@ -130,6 +130,22 @@ class ResultCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def has_many(self, keys: Iterable[str]) -> set[str]:
+        """The keys among ``keys`` that have an entry (not read: it may still prove torn)."""
+        wanted, found = list(keys), set[str]()
+        with self._lock:
+            if self._db is None:
+                return found
+            try:
+                for start in range(0, len(wanted), _CHUNK):
+                    chunk = wanted[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = self._db.execute(f"SELECT key FROM entries WHERE key IN ({marks})", chunk)
+                    found.update(row[0] for row in rows)
+            except sqlite3.Error as exc:
+                self._disable(exc)
+        return found
+
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
         return self._read("entries", "key, checksum, payload", list(keys), lambda r: _decode(r[1], r[2]))
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import ijson
 
-from headwater import heap, layout, snapshot
+from headwater import flowbatch, heap, layout, snapshot
 from headwater import plan as planning
 from headwater.cache import ResultCache
 from headwater.errors import (
@@ -229,11 +229,16 @@ class Engine:
         return snapshot.load(self.repo, rev, cache=self.cache, meanwhile=self._reading(ahead), listed=listed)
 
     def _piece(
-        self, pieces: snapshot.Pieces, instance: str, folder: str, ahead: _ReadAhead | None = None
+        self, pieces: snapshot.Pieces, instance: str, folder: str, ahead: _ReadAhead | None = None,
+        pipeline: flowbatch.Pipeline | None = None, tree: layout.Layout | None = None,
     ) -> snapshot.Snapshot:
-        """``snapshot.piece`` of ``folder``, with ``ahead`` as ``load`` takes it."""
+        """``snapshot.piece`` of ``folder``, with ``ahead`` as ``load`` takes it; its flows
+        through ``pipeline``, when given, and ``tree`` its layout, when known."""
         meanwhile = None if ahead is None else self._reading(ahead)
-        return snapshot.piece(self.repo, pieces, instance, folder, cache=self.cache, meanwhile=meanwhile)
+        validator = flowbatch.validate_many if pipeline is None else pipeline.validate
+        return snapshot.piece(
+            self.repo, pieces, instance, folder, cache=self.cache, meanwhile=meanwhile, validator=validator, tree=tree,
+        )
 
     def _reading(self, ahead: _ReadAhead) -> snapshot.Meanwhile:
         """The work that fills ``ahead`` while a snapshot's flows are validated."""
@@ -750,28 +755,50 @@ class Engine:
         target's and the store's); without ``plan``, the report and tenants only. The instance's ``lock``, when given, is extended after each
         tenant. ``each`` is given each tenant's whole plan, in order, while the report has no
         error. Without ``stage``, nothing is staged and ``changing`` stays empty (a plan)."""
+        target = self.target(instance)
+        outside = snapshot.piece(self.repo, pieces, instance, None, cache=self.cache)
+        report = set(outside.report([instance]))
+        gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys() if plan else set()
+        with self._pipeline(pieces) as pipeline:
+            return self._count_folders(
+                instance, pieces, base, plan=plan, lock=lock, each=each, stage=stage, outside=outside,
+                report=report, gone=gone, pipeline=pipeline,
+            )
+
+    def _pipeline(self, pieces: snapshot.Pieces) -> flowbatch.Pipeline:
+        """The workers of a pass over ``pieces``' tenant folders (``flowbatch.Pipeline``)."""
+        flows = sum(1 for e in pieces.entries if "/flows/" in e.path)
+        return flowbatch.Pipeline(self.repo, pieces.root.extra, expected=flows)
+
+    def _count_folders(
+        self, instance: str, pieces: snapshot.Pieces, base: str | None, *, plan: bool, lock: Lock | None,
+        each: Each | None, stage: bool, outside: snapshot.Snapshot, report: set[Diagnostic], gone: set[str],
+        pipeline: flowbatch.Pipeline,
+    ) -> _Counted:
+        """``_count_by_tenant``'s pass over the folders, after the root files (``outside``,
+        whose diagnostics ``report`` holds). Each folder's flows go to the ``pipeline``
+        while the folder before it is planned (``_ahead``)."""
         target, revision = self.target(instance), pieces.revision
-        report: set[Diagnostic] = set()
+        failed = _has_error(report)  # once it has, only the report matters (the commit is refused)
+        state = planning.Fingerprint()  # of the instance's state, as the whole plan's
         counts = dict.fromkeys([*planning.ACTIONS, "drift", "unchanged"], 0)
         changing: dict[str, set[NsKey]] = {}
         names: list[str] = []
         size, missing = 0, list[ResourceKey]()
-        outside = snapshot.piece(self.repo, pieces, instance, None, cache=self.cache)
-        report.update(outside.report([instance]))
-        failed = _has_error(report)  # once it has, only the report matters (the commit is refused)
         checks: dict[NsKey, list[Diagnostic]] = {}
         checked = 0  # namespaces the instance sees
-        gone = (target.tenants() | self.store.tenants(instance)) - pieces.folders.keys() if plan else set()
-        state = planning.Fingerprint()  # of the instance's state, as the whole plan's
+        loading = sorted(pieces.folders)
+        trees = self._ahead(pipeline, pieces, loading[:1], {})
         for folder in sorted({*pieces.folders, *gone}):  # the order of a whole plan's namespaces
             if lock is not None:
                 lock.refresh(LOCK_TTL)
             desired = Desired(revision, {}, {}, {}, ())  # a tenant gone from the commit
             if folder in pieces.folders:
+                trees = self._ahead(pipeline, pieces, loading[loading.index(folder) + 1 :][:1], trees)
                 # A plan shown reads and hashes the blobs while the flows are validated (whole
                 # plans do): they are all shown. (An apply's shares the namespaces unchanged.)
                 ahead = _ReadAhead(instance) if plan and each is not None and not failed else None
-                snap = self._piece(pieces, instance, folder, ahead)
+                snap = self._piece(pieces, instance, folder, ahead, pipeline, trees.pop(folder, None))
                 found = snap.report([instance])
                 report.update(found)
                 failed = failed or _has_error(found)
@@ -826,6 +853,18 @@ class Engine:
             outside, snapshot.ordered(report), names, counts, changing, size, missing,
             state.value() if each is not None else "",
         )
+
+    def _ahead(
+        self, pipeline: flowbatch.Pipeline, pieces: snapshot.Pieces, folders: list[str],
+        trees: dict[str, layout.Layout],
+    ) -> dict[str, layout.Layout]:
+        """``trees`` with the layouts of ``folders``, whose flows ``pipeline`` now has."""
+        if pipeline.workers <= 0:
+            return trees
+        for folder in folders:
+            trees[folder], items = snapshot.to_validate(pieces, folder, self.cache)
+            pipeline.ahead(items)
+        return trees
 
     def _write_tenant(
         self, instance: str, pieces: snapshot.Pieces, tenant: str, touched: set[NsKey], stage: Stage

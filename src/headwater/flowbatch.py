@@ -18,11 +18,13 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing.context import BaseContext
+from typing import Protocol
 
-from headwater.errors import Diagnostic
+from headwater.errors import Diagnostic, GitError
 from headwater.flows import validate_flow
-from headwater.gitrepo import GitRepo
+from headwater.gitrepo import BlobReader, GitRepo
 from headwater.kestra_types import TypeRegistry
 from headwater.rules.flow_rules import FlowReferences, flow_references
 
@@ -87,6 +89,114 @@ def validate_many(
     except (BrokenProcessPool, OSError) as exc:  # no processes here: do it all in this one
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
         return _alone(repo, items, registry, meanwhile)
+
+
+class Validator(Protocol):
+    """``validate_many``'s signature: what loads a snapshot's flows (``Pipeline.validate``)."""
+
+    def __call__(
+        self, repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str],
+        meanwhile: Callable[[Blobs], None] | None = None,
+    ) -> dict[str, Result]: ...
+
+
+@dataclass
+class _Queued:
+    """A chunk a ``Pipeline`` submitted: its items, their blobs, and the worker's answer."""
+
+    items: list[Item]
+    blobs: dict[str, bytes]
+    future: Future[dict[str, Result]]
+
+
+class Pipeline:
+    """One pool of workers and one reader for a pass over a commit's tenant folders, one
+    after another (a plan or an apply made tenant by tenant).
+
+    ``validate`` takes ``validate_many``'s place for each folder. The caller submits the next
+    folder's flows (``ahead``) before it finishes the current one, so the workers validate
+    them while this process makes the current folder's desired state, plan and output:
+    between folders, no worker waits, and no pool starts again. As in ``validate_many``,
+    this process takes the chunks of a folder no worker has started when it needs them.
+
+    A pass of fewer than ``PARALLEL_MIN`` flows (``expected``) runs in this process alone.
+    """
+
+    def __init__(self, repo: GitRepo, extra_types: Sequence[str], expected: int) -> None:
+        self.repo = repo
+        self.extra = list(extra_types)
+        self.workers = _workers() if expected >= PARALLEL_MIN else 0
+        self._reader: BlobReader | None = None
+        self._pool: ProcessPoolExecutor | None = None
+        self._queued: dict[Item, _Queued] = {}
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the workers, then the reader (a forked worker holds a copy of its pipes)."""
+        self._queued.clear()
+        pool, reader, self._pool, self._reader = self._pool, self._reader, None, None
+        try:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def ahead(self, items: Sequence[Item]) -> None:
+        """Submit ``items`` (a folder's flows to validate) to the workers, in chunks."""
+        items = [item for item in items if item not in self._queued]
+        if self.workers <= 0 or not items:
+            return
+        try:
+            if self._pool is None:
+                self._reader = self.repo.blob_reader()
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=_start_method())
+            assert self._reader is not None
+            for start in range(0, len(items), CHUNK):
+                chunk = items[start : start + CHUNK]
+                read = self._reader.read(oid for (oid, _p, _f, _n) in chunk)
+                queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk))
+                self._queued.update((item, queued) for item in chunk)
+        except (BrokenProcessPool, OSError, GitError) as exc:  # ``validate`` does the rest
+            log.warning("parallel validation unavailable (%s); continuing in one process", exc)
+            self.workers = 0
+
+    def validate(
+        self, repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str],
+        meanwhile: Callable[[Blobs], None] | None = None,
+    ) -> dict[str, Result]:
+        """The validation result of every item, by path, as ``validate_many`` gives it."""
+        assert repo is self.repo and list(extra_types) == self.extra
+        self.ahead(items)
+        chunks = list({id(q): q for q in (self._queued.pop(item, None) for item in items) if q is not None}.values())
+        blobs: dict[str, bytes] = {}
+        for queued in chunks:
+            blobs.update(queued.blobs)
+        taken = {item for queued in chunks for item in queued.items}
+        rest = [item for item in items if item not in taken]  # not submitted: done here
+        blobs.update(self.repo.read_blobs(oid for (oid, _p, _f, _n) in rest))
+        if meanwhile is not None:
+            meanwhile(blobs)
+        results = _validate(blobs, rest, registry)
+        waiting: list[_Queued] = []
+        for queued in reversed(chunks):  # from the far end: those no worker has started
+            if waiting or not queued.future.cancel():
+                waiting.append(queued)
+                continue
+            results.update(_validate(queued.blobs, queued.items, registry))
+        for queued in reversed(waiting):
+            try:
+                results.update(queued.future.result())
+            except BrokenProcessPool as exc:
+                log.warning("parallel validation unavailable (%s); continuing in one process", exc)
+                self.workers = 0
+                results.update(_validate(queued.blobs, queued.items, registry))
+        return results
 
 
 def _alone(

@@ -21,7 +21,7 @@ from headwater import heap, inherit, layout, schemas, yamlio
 from headwater.cache import ResultCache, model_fingerprint
 from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic
-from headwater.flowbatch import validate_many
+from headwater.flowbatch import Item, Validator, validate_many
 from headwater.gitrepo import GitRepo, TreeEntry
 from headwater.kestra_types import TypeRegistry
 from headwater.rules.flow_rules import FlowReferences
@@ -370,14 +370,16 @@ def split(repo: GitRepo, rev: str) -> Pieces:
 @heap.paused()
 def piece(
     repo: GitRepo, pieces: Pieces, instance: str, folder: str | None, *, cache: ResultCache,
-    meanwhile: Meanwhile | None = None,
+    meanwhile: Meanwhile | None = None, validator: Validator = validate_many, tree: layout.Layout | None = None,
 ) -> Snapshot:
     """One tenant folder of ``pieces`` (None: what is outside them, the root files with
     their diagnostics) loaded for ``instance``: its report is that folder's part of the whole
-    commit's (``summarize`` files it under the folder). ``meanwhile`` as for ``load``."""
+    commit's (``summarize`` files it under the folder). ``meanwhile`` as for ``load``; the
+    flows go through ``validator``; ``tree``: the folder's layout, from ``to_validate``."""
     entries = pieces.outside if folder is None else pieces.folders[folder]
     snap = _load(
         repo, pieces.revision, entries, pieces.root, cache, root_diagnostics=folder is None, meanwhile=meanwhile,
+        validator=validator, tree=tree,
     )
     snap.partial = Partial(instance, {})
     return snap
@@ -484,32 +486,54 @@ def _read_root(repo: GitRepo, entries: Iterable[TreeEntry], extra_types: Iterabl
     return _Root(repo_doc, diags, _instances(repo_value), int(max_bytes), extra, TypeRegistry.builtin(extra), ignored)
 
 
+def to_validate(pieces: Pieces, folder: str, cache: ResultCache) -> tuple[layout.Layout, list[Item]]:
+    """The layout of tenant folder ``folder`` of ``pieces``, and the flows in it ``piece``
+    will validate (``cache`` holds no result for them): what a ``flowbatch.Pipeline`` is
+    given ahead of the folder's turn. ``piece`` then takes the layout (``tree``)."""
+    root = pieces.root
+    tree = layout.build(pieces.folders[folder], ignored=root.ignored, max_file_bytes=root.max_bytes)
+    flow_entries, flow_keys = _flow_entries(tree, root.registry)
+    known = cache.has_many(flow_keys.values())
+    return tree, [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
+
+
+def _flow_entries(
+    tree: layout.Layout, registry: TypeRegistry
+) -> tuple[list[tuple[str, str, str, TreeEntry]], dict[str, str]]:
+    """The flows of ``tree`` (tenant, namespace, id, entry) and their result cache keys, by path."""
+    flow_entries = [
+        (t.name, ns.name, fid, e)
+        for t in tree.tenants.values()
+        for ns in t.namespaces.values()
+        for fid, e in ns.flows.items()
+    ]
+    flow_keys = {
+        e.path: cache_key("flow", e.oid, e.path, registry.fingerprint, fid, ns)
+        for (_t, ns, fid, e) in flow_entries
+    }
+    return flow_entries, flow_keys
+
+
 def _load(
     repo: GitRepo, sha: str, entries: Iterable[TreeEntry], root: _Root, cache: ResultCache | None,
     *, root_diagnostics: bool = True, meanwhile: Meanwhile | None = None, with_flows: bool = True,
+    validator: Validator = validate_many, tree: layout.Layout | None = None,
 ) -> Snapshot:
     """The snapshot of ``entries`` (all of the commit's, or its root files and some tenants');
-    ``meanwhile`` as for ``load``; without its flows unless ``with_flows``."""
+    ``meanwhile`` as for ``load``; without its flows unless ``with_flows``. The flows go
+    through ``validator``; ``tree``, when given, is the layout of ``entries``."""
     registry, extra = root.registry, list(root.extra)
-    tree = layout.build(entries, ignored=root.ignored, max_file_bytes=root.max_bytes)
+    if tree is None:
+        tree = layout.build(entries, ignored=root.ignored, max_file_bytes=root.max_bytes)
     diags = [*root.diagnostics, *tree.diagnostics] if root_diagnostics else list(tree.diagnostics)
 
     config_entries = [t.config for t in tree.tenants.values() if t.config is not None]
     config_entries += [
         ns.config for t in tree.tenants.values() for ns in t.namespaces.values() if ns.config is not None
     ]
-    flow_entries = [
-        (t.name, ns.name, fid, e)
-        for t in tree.tenants.values()
-        for ns in t.namespaces.values()
-        for fid, e in ns.flows.items()
-    ] if with_flows else []
+    flow_entries, flow_keys = _flow_entries(tree, registry) if with_flows else ([], {})
     store = cache if cache is not None else ResultCache(None)
     config_keys = {e.path: cache_key("config", e.oid, e.path) for e in config_entries}
-    flow_keys = {
-        e.path: cache_key("flow", e.oid, e.path, registry.fingerprint, fid, ns)
-        for (_t, ns, fid, e) in flow_entries
-    }
     known = store.get_many([*config_keys.values(), *flow_keys.values()])
     fresh: dict[str, Any] = {}
     parsed: dict[str, list[Diagnostic]] = {}
@@ -535,7 +559,7 @@ def _load(
 
     todo = [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
     # The configs are parsed here while the validation workers start on the flows.
-    validated = validate_many(repo, todo, registry, extra, meanwhile=own_work)
+    validated = validator(repo, todo, registry, extra, meanwhile=own_work)
     flows: dict[tuple[str, str, str], FlowInfo] = {}
     for tenant, ns, fid, entry in flow_entries:
         fkey = flow_keys[entry.path]
