@@ -24,7 +24,7 @@ from typing import Protocol
 
 from headwater.errors import Diagnostic, GitError
 from headwater.flows import validate_flow
-from headwater.gitrepo import BlobReader, GitRepo
+from headwater.gitrepo import GitRepo
 from headwater.kestra_types import TypeRegistry
 from headwater.rules.flow_rules import FlowReferences, flow_references
 
@@ -110,8 +110,8 @@ class _Queued:
 
 
 class Pipeline:
-    """One pool of workers and one reader for a pass over a commit's tenant folders, one
-    after another (a plan or an apply made tenant by tenant).
+    """One pool of workers for a pass over a commit's tenant folders, one after another (a
+    plan or an apply made tenant by tenant).
 
     ``validate`` takes ``validate_many``'s place for each folder. The caller submits the next
     folder's flows (``ahead``) before it finishes the current one, so the workers validate
@@ -126,7 +126,6 @@ class Pipeline:
         self.repo = repo
         self.extra = list(extra_types)
         self.workers = _workers() if expected >= PARALLEL_MIN else 0
-        self._reader: BlobReader | None = None
         self._pool: ProcessPoolExecutor | None = None
         self._queued: dict[Item, _Queued] = {}
 
@@ -137,15 +136,11 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Stop the workers, then the reader (a forked worker holds a copy of its pipes)."""
+        """Stop the workers."""
         self._queued.clear()
-        pool, reader, self._pool, self._reader = self._pool, self._reader, None, None
-        try:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-        finally:
-            if reader is not None:
-                reader.close()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def ahead(self, items: Sequence[Item]) -> None:
         """Submit ``items`` (a folder's flows to validate) to the workers, in chunks."""
@@ -154,14 +149,17 @@ class Pipeline:
             return
         try:
             if self._pool is None:
-                self._reader = self.repo.blob_reader()
                 self._pool = ProcessPoolExecutor(self.workers, mp_context=_start_method())
-            assert self._reader is not None
-            for start in range(0, len(items), CHUNK):
-                chunk = items[start : start + CHUNK]
-                read = self._reader.read(oid for (oid, _p, _f, _n) in chunk)
-                queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk))
-                self._queued.update((item, queued) for item in chunk)
+                # The workers start now, before any reader: none holds a copy of a reader's
+                # pipes (see validate_many), so each folder has a reader of its own, and Git's
+                # memory (the pack it maps) does not grow over the whole pass.
+                self._pool.submit(int).result()
+            with self.repo.blob_reader() as reader:
+                for start in range(0, len(items), CHUNK):
+                    chunk = items[start : start + CHUNK]
+                    read = reader.read(oid for (oid, _p, _f, _n) in chunk)
+                    queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk))
+                    self._queued.update((item, queued) for item in chunk)
         except (BrokenProcessPool, OSError, GitError) as exc:  # ``validate`` does the rest
             log.warning("parallel validation unavailable (%s); continuing in one process", exc)
             self.workers = 0
