@@ -119,7 +119,19 @@ def test_a_loaded_snapshot_is_the_same_with_workers_or_without(sample: Path, mon
     assert alone.parsed == shared.parsed and alone.flows == shared.flows
 
 
-def test_a_missing_blob_among_forked_workers_is_an_error_not_a_hang(sample: Path, tmp_path: Path) -> None:
+# How the script below validates: through validate_many, or a folder through a Pipeline.
+VALIDATE_MANY = "        flowbatch.validate_many(repo, items, snap.registry, [])\n"
+PIPELINE = (
+    "        with flowbatch.Pipeline(repo, [], expected=len(items)) as pipeline:\n"
+    "            pipeline.ahead(items)\n"
+    "            pipeline.validate(repo, items, snap.registry, [])\n"
+)
+
+
+@pytest.mark.parametrize("call", [VALIDATE_MANY, PIPELINE], ids=["validate_many", "pipeline"])
+def test_a_missing_blob_among_forked_workers_is_an_error_not_a_hang(
+    sample: Path, tmp_path: Path, call: str
+) -> None:
     """Forked workers hold a copy of the reader's pipe to Git: a blob found missing after they
     start must still end that Git (run apart, so that a hang fails the test, not the run)."""
     script = tmp_path / "missing.py"
@@ -135,7 +147,7 @@ def test_a_missing_blob_among_forked_workers_is_an_error_not_a_hang(sample: Path
         "    items = [(i.entry.oid, i.entry.path, i.flow_id, i.namespace) for i in snap.flows.values()]\n"
         "    items.insert(2, ('0' * 40, 'tenants/acme/company/flows/gone.yaml', 'gone', 'company'))\n"
         "    try:\n"
-        "        flowbatch.validate_many(repo, items, snap.registry, [])\n"
+        f"{call}"
         "    except GitError as exc:\n"
         "        print(exc.message)\n"
     )
@@ -185,28 +197,3 @@ def test_a_pipeline_of_few_flows_starts_no_worker(sample: Path, monkeypatch: pyt
         results = pipeline.validate(repo, items, snapshot.load(repo, "HEAD").registry, [])
         assert pipeline.workers == 0 and pipeline._pool is None
     assert results.keys() == {item[1] for item in items}
-
-
-def test_a_missing_blob_in_a_pipeline_is_an_error_not_a_hang(sample: Path, tmp_path: Path) -> None:
-    """As for validate_many: the forked workers hold a copy of the reader's pipe to Git."""
-    script = tmp_path / "missing.py"
-    script.write_text(
-        "from headwater import flowbatch, snapshot\n"
-        "from headwater.errors import GitError\n"
-        "from headwater.gitrepo import GitRepo\n"
-        "flowbatch.PARALLEL_MIN, flowbatch.CHUNK = 1, 1\n"
-        f"with GitRepo({str(sample)!r}) as repo:\n"
-        "    snap = snapshot.load(repo, 'HEAD')\n"
-        "    items = [(i.entry.oid, i.entry.path, i.flow_id, i.namespace) for i in snap.flows.values()]\n"
-        "    items.insert(2, ('0' * 40, 'tenants/acme/company/flows/gone.yaml', 'gone', 'company'))\n"
-        "    try:\n"
-        "        with flowbatch.Pipeline(repo, [], expected=len(items)) as pipeline:\n"
-        "            pipeline.ahead(items)\n"
-        "            pipeline.validate(repo, items, snap.registry, [])\n"
-        "    except GitError as exc:\n"
-        "        print(exc.message)\n"
-    )
-    env = {**os.environ, "HEADWATER_WORKERS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"missing Git object {'0' * 40}"
