@@ -37,4 +37,4 @@ bench: $(STAMP)
 		--json benchmarks/.work/daemon-$(FIRST_SIZE).json
 
 clean:
-	rm -rf $(VENV) .headwater .demo
+	rm -rf $(VENV) .headwater .demo build src/headwater/_compose*.so
