@@ -26,19 +26,18 @@ typedef struct {
 
 /* Whether a string value may name a namespace file or a secret (yamlio.mentions). */
 static int
-mentions(const char *text, size_t length)
+mentions(const char *text)
 {
-    (void)length;
     return strstr(text, "read") != NULL || strstr(text, "nsfile:") != NULL
         || strstr(text, "secret") != NULL;
 }
 
 /* yamlio.key_mentions: a key must hold a call or a URI as well. */
 static int
-key_mentions(const char *text, size_t length)
+key_mentions(const char *text)
 {
     return (strchr(text, '(') != NULL || strstr(text, "nsfile:") != NULL)
-        && mentions(text, length);
+        && mentions(text);
 }
 
 static PyObject *
@@ -200,7 +199,7 @@ on_scalar(State *st, yaml_event_t *event)
             if (seen != 0)
                 status = seen < 0 ? FAILED : DECLINE; /* a duplicate key: the reference says so */
         }
-        if (status == GO_ON && key_mentions(s, length) && note(st, mark, text) < 0)
+        if (status == GO_ON && key_mentions(s) && note(st, mark, text) < 0)
             status = FAILED;
         if (status == GO_ON) {
             top->key = text;
@@ -235,7 +234,7 @@ on_scalar(State *st, yaml_event_t *event)
     }
     if (value == NULL)
         status = FAILED;
-    else if (PyUnicode_CheckExact(value) && mentions(s, length))
+    else if (PyUnicode_CheckExact(value) && mentions(s))
         status = note(st, top->key != NULL ? top->key_mark : mark, value) < 0 ? FAILED : GO_ON;
     if (status == GO_ON && place(st, value, mark) < 0)
         status = FAILED;

@@ -10,6 +10,7 @@ import codecs
 import contextlib
 import dataclasses
 import getpass
+import itertools
 import json
 import socket
 from collections.abc import Callable, Collection, Iterable, Mapping
@@ -788,13 +789,14 @@ class Engine:
         checks: dict[NsKey, list[Diagnostic]] = {}
         checked = 0  # namespaces the instance sees
         loading = sorted(pieces.folders)
+        following = dict(itertools.pairwise(loading))  # folder -> the next one loaded
         trees = self._ahead(pipeline, pieces, loading[:1], {})
         for folder in sorted({*pieces.folders, *gone}):  # the order of a whole plan's namespaces
             if lock is not None:
                 lock.refresh(LOCK_TTL)
             desired = Desired(revision, {}, {}, {}, ())  # a tenant gone from the commit
             if folder in pieces.folders:
-                trees = self._ahead(pipeline, pieces, loading[loading.index(folder) + 1 :][:1], trees)
+                trees = self._ahead(pipeline, pieces, [following[folder]] if folder in following else [], trees)
                 # A plan shown reads and hashes the blobs while the flows are validated (whole
                 # plans do): they are all shown. (An apply's shares the namespaces unchanged.)
                 ahead = _ReadAhead(instance) if plan and each is not None and not failed else None

@@ -210,12 +210,11 @@ def _conditions(items: Any, loc: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 def _type_uses(doc: Document, flow: dict[str, Any], tasks: list[_Task]) -> list[TypeUse]:
     uses: list[TypeUse] = []
-    mark, marks = doc.mark, doc.marks
+    mark = doc.mark
     for task in tasks:
         value = task.value.get("type")
         if isinstance(value, str):
-            loc = (*task.loc, "type")  # a key the loader marked, unless the Document was made by hand
-            uses.append(TypeUse(_name(value), "task", *(marks.get(loc) or mark(loc))))
+            uses.append(TypeUse(_name(value), "task", *mark((*task.loc, "type"))))
         runner = task.value.get("taskRunner")
         if isinstance(runner, dict):
             value = runner.get("type")
