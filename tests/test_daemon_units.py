@@ -629,3 +629,48 @@ def test_refused_urls_and_missing_secrets_exit_1(tmp_path: Path) -> None:
         "NOPE_UNSET",
     )
     assert out.returncode == 1 and "NOPE_UNSET is not set" in out.stderr
+
+
+def test_status_never_shows_a_sync_half_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sync records its attempt in the state store before it sets the instance's verdict:
+    /status, asked in between, shows the record as it was when the sync began beside the
+    verdict it had; once the sync ends, both are the sync's own."""
+    from headwater.daemon import syncing
+    from headwater.daemon.loop import Daemon
+    from headwater.daemon.runtime import SyncResult
+    from headwater.engine import Engine
+    from headwater.gitrepo import GitRepo
+    from tests.gitutil import sample_repo
+
+    repo = sample_repo(tmp_path / "repo")
+    path = tmp_path / "daemon.yaml"
+    path.write_text(
+        f"state_dir: {tmp_path / 'state'}\nrepository: {{url: 'file://{repo}'}}\n"
+        f"instances: {{dev: {{target: {{path: {tmp_path / 'dev'}}}}}}}\n"
+        "webhook: {listen: '127.0.0.1:0'}\n"
+    )
+    d = Daemon(config.load(str(path), {}))
+    seen: list[dict[str, object]] = []
+
+    def attempt(d: Daemon, rt: object, reason: str) -> SyncResult:
+        d.store.record_failure("dev", "b" * 40, [{"path": "broken.yaml", "message": "bad"}])
+        seen.append(d.http.status_body()["instances"]["dev"])  # the record made, no verdict yet
+        return SyncResult("invalid", "b" * 40, error="1 error")
+
+    monkeypatch.setattr(syncing, "attempt", attempt)
+    try:
+        d.engine = Engine(GitRepo(repo), d.conf, d.store)
+        rt = d.instances["dev"]
+        rt.verdict = rt.outcome = "up_to_date"
+        syncing.sync(d, rt, "test")
+        after = d.http.status_body()["instances"]["dev"]
+    finally:
+        if d.engine is not None:
+            d.engine.close()
+        d.server.stop()
+        d.store.close()
+        d.waker.close()
+    (during,) = seen
+    assert (during["attempted_revision"], during["outcome"], during["verdict"]) == (None, None, "up_to_date")
+    assert (after["attempted_revision"], after["outcome"], after["verdict"]) == ("b" * 40, "failed", "invalid")
+    assert d.instances["dev"].recorded is None

@@ -82,6 +82,12 @@ class DaemonHttp:
         d = self.d
         with d.mu:
             runtimes = [replace(rt, drift=list(rt.drift)) for rt in d.instances.values()]
+            # The store's record, read with the runtime fields: as a sync ends both change
+            # together (under d.mu); while one runs, what the store held when it began.
+            recorded = {
+                rt.name: rt.recorded if rt.recorded is not None else status_of(d.store, None, rt.name)
+                for rt in runtimes
+            }
             remote = replace(
                 d.remote,
                 mirror=dict(d.remote.mirror),
@@ -89,7 +95,7 @@ class DaemonHttp:
             )
         instances: dict[str, Any] = {}
         for rt in sorted(runtimes, key=lambda r: r.name):
-            instances[rt.name] = instance_body(rt, status_of(d.store, None, rt.name), remote)
+            instances[rt.name] = instance_body(rt, recorded[rt.name], remote)
         branches = {rt.branch for rt in runtimes if rt.branch}
         body = {
             "daemon": {

@@ -42,6 +42,10 @@ class InstanceRuntime:
     drift_checked: float | None = None
     heal: bool = False  # a self-heal apply is due
     lock_holder: str | None = None
+    # While a sync runs: the state store's record of the instance (``engine.status_of``) as it
+    # was when the sync began. /status shows it beside the fields above, which change when the
+    # sync ends, so it never shows a sync half recorded (its attempt, not yet its verdict).
+    recorded: dict[str, Any] | None = None
 
 
 @dataclass

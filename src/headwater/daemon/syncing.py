@@ -25,6 +25,7 @@ from headwater.daemon.runtime import (
     rolled_back_from,
 )
 from headwater.daemon.triggers import backoff_delay
+from headwater.engine import status_of
 from headwater.errors import (
     GitError,
     HeadwaterError,
@@ -55,19 +56,18 @@ def sync(d: Daemon, rt: InstanceRuntime, reason: str) -> None:
     assert d.engine is not None
     started = time.monotonic()
     was_primed, had = d.engine.primed(rt.name), d.engine.resident_tenants(rt.name)
-    with heap.paused():
-        result = attempt(d, rt, reason)
-        if d.engine.primed(rt.name):
-            # The engine keeps what it built: spare it later collections. After a full apply
-            # or a prime it keeps little, and the garbage cycles the sync left go first; a
-            # tenant it loaded (even for a commit then refused) is kept whole: frozen only.
-            if not was_primed or (result.outcome == "applied" and not result.incremental):
-                heap.settle()
-            elif d.engine.resident_tenants(rt.name) - had:
-                heap.settle(collect=False)
+    with d.mu:
+        rt.recorded = status_of(d.store, None, rt.name)  # what /status shows until the sync ends
+    try:
+        result = _attempt(d, rt, reason, was_primed, had)
+    except BaseException:
+        with d.mu:
+            rt.recorded = None
+        raise
     duration = time.monotonic() - started
     target_revision = d.engine.target(rt.name).current_revision()
     with d.mu:
+        rt.recorded = None
         repeated = (result.outcome, result.error) == (rt.outcome, rt.error)
         rt.outcome, rt.error, rt.last_sync = result.outcome, result.error, time.time()
         rt.target_revision = target_revision
@@ -97,6 +97,23 @@ def sync(d: Daemon, rt: InstanceRuntime, reason: str) -> None:
     log_sync(d, rt, result, duration, reason, repeated)
     if result.outcome == "applied":
         prune(d, rt)
+
+
+def _attempt(
+    d: Daemon, rt: InstanceRuntime, reason: str, was_primed: bool, had: frozenset[str]
+) -> SyncResult:
+    assert d.engine is not None
+    with heap.paused():
+        result = attempt(d, rt, reason)
+        if d.engine.primed(rt.name):
+            # The engine keeps what it built: spare it later collections. After a full apply
+            # or a prime it keeps little, and the garbage cycles the sync left go first; a
+            # tenant it loaded (even for a commit then refused) is kept whole: frozen only.
+            if not was_primed or (result.outcome == "applied" and not result.incremental):
+                heap.settle()
+            elif d.engine.resident_tenants(rt.name) - had:
+                heap.settle(collect=False)
+    return result
 
 
 def prune(d: Daemon, rt: InstanceRuntime) -> None:
