@@ -165,9 +165,22 @@ def main(argv: list[str] | None = None) -> None:
     # default thresholds the cyclic collector scans them over and over (35-45 % of priming
     # a 10k-flow instance). Collections stay frequent enough for a long-running daemon.
     gc.set_threshold(*GC_THRESHOLDS)
-    if argv is None:  # the process's own command line: it exits when the command is done
-        heap.one_command()
-    args = sys.argv[1:] if argv is None else argv
+    if argv is not None:
+        _run(argv)
+        return
+    # The process's own command line: it exits when the command is done, without freeing
+    # what the command built (heap.end).
+    heap.one_command()
+    try:
+        _run(sys.argv[1:])
+    except SystemExit as exc:
+        if exc.code is not None and not isinstance(exc.code, int):
+            raise  # a message: the usual exit prints it
+        heap.end(exc.code or 0)
+    heap.end(0)
+
+
+def _run(args: list[str]) -> None:
     verbose = any(a == "--verbose" or (a.startswith("-v") and set(a[1:]) == {"v"}) for a in args)
     try:
         cli.main(args, prog_name="headwater", standalone_mode=False)

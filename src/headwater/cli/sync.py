@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from headwater import render, settings
+from headwater import heap, render, settings
 from headwater.cli import output
 from headwater.cli.validate import open_repo, repo_option
 from headwater.engine import Engine, PlanResult, read_plan_file, status_of
@@ -101,6 +101,7 @@ def plan(
         return
     with engine_for(repo_path, config_path, state_dir) as engine:
         result = engine.compare(instance, base, head)  # (tenant by tenant, for a large head)
+        heap.keep(result)
     warn_missing_secrets(result)
     if out_file:
         _save_plan(lambda write: render.write_plan_json(result.plan, write), Path(out_file))
@@ -138,6 +139,7 @@ def _plan_in_parts(
                 document.add(part)
 
         result = engine.plan(instance, rev or default_rev(engine.repo, instance), each=each)
+        heap.keep(result)
         warn_missing_secrets(result)
         if out_file:
             _save_plan(lambda write: document.finish(result.plan, write), Path(out_file))
@@ -205,6 +207,7 @@ def apply(
             instance, target_rev, allow_mass_delete=allow_mass_delete, saved=saved, confirm=confirm,
             by_tenant=None, each=spool.add if spool is not None else None,
         )
+    heap.keep(applied)
     warn_missing_secrets(applied)
     result = applied.plan
     counts = result.summary()

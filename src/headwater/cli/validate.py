@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from headwater import schemas, snapshot
+from headwater import heap, schemas, snapshot
 from headwater.cache import ResultCache
 from headwater.cache import default_path as default_cache_path
 from headwater.cli import output
@@ -104,6 +104,7 @@ def validate(
     else:
         with open_repo(repo_path) as repo, open_cache(no_cache) as cache:
             snap = snapshot.load(repo, rev, extra_types=extra, cache=cache)
+            heap.keep(snap)
             names = instance_names(snap.instances, instance, all_instances)
             diags = snap.report(names)
             _emit(diags, fmt, no_color, revision=snap.revision, instances=names)
