@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from headwater import flowbatch, snapshot
+from headwater.cache import ResultCache
 from headwater.gitrepo import GitRepo
+from headwater.kestra_types import TypeRegistry
 from tests.gitutil import commit
 
 FLOW = "tenants/acme/company/team/flows/ingest.yaml"
@@ -197,3 +199,47 @@ def test_a_pipeline_of_few_flows_starts_no_worker(sample: Path, monkeypatch: pyt
         results = pipeline.validate(repo, items, snapshot.load(repo, "HEAD").registry, [])
         assert pipeline.workers == 0 and pipeline._pool is None
     assert results.keys() == {item[1] for item in items}
+
+
+def _stored(cache: ResultCache, items: list[flowbatch.Item], registry: TypeRegistry) -> dict[str, object]:
+    """What ``cache`` holds for ``items``, by path."""
+    keys = {flowbatch.result_key(item, registry): item[1] for item in items}
+    return {keys[key]: value for key, value in cache.get_many(keys).items()}
+
+
+@pytest.mark.parametrize("how", ["alone", "workers", "one flow a chunk", "spawned", "pipeline"])
+def test_every_result_is_written_to_the_store(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """Whichever process made a result (a worker, or this one taking a chunk back), the
+    store has it, under ``result_key``, as it was returned."""
+    commit(sample, "one bad flow", {FLOW: "id: ingest\nnamespace: company.team\ntasks: []\n"})
+    monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
+    monkeypatch.setenv("HEADWATER_WORKERS", "0" if how == "alone" else "2")
+    if how == "one flow a chunk":
+        monkeypatch.setattr(flowbatch, "CHUNK", 1)
+    with GitRepo(sample) as repo, ResultCache(tmp_path / "c.db") as cache:
+        items = _items(repo)
+        registry = snapshot.load(repo, "HEAD").registry
+        if how == "pipeline":
+            with flowbatch.Pipeline(repo, [], expected=len(items), store=cache) as pipeline:
+                pipeline.ahead(items)
+                results = pipeline.validate(repo, items, registry, [], store=cache)
+        elif how == "spawned":
+            with _another_thread():
+                results = flowbatch.validate_many(repo, items, registry, [], store=cache)
+        else:
+            results = flowbatch.validate_many(repo, items, registry, [], store=cache)
+        assert _stored(cache, items, registry) == results
+        assert results.keys() == {item[1] for item in items}
+
+
+def test_a_worker_writes_its_results_to_the_cache_it_is_given(sample: Path, tmp_path: Path) -> None:
+    with GitRepo(sample) as repo, ResultCache(tmp_path / "c.db") as cache:
+        items = _items(repo)
+        registry = snapshot.load(repo, "HEAD").registry
+        blobs = repo.read_blobs(oid for (oid, *_rest) in items)
+        unshared = flowbatch._worker([], blobs, items, None)
+        assert _stored(cache, items, registry) == {}
+        shared = flowbatch._worker([], blobs, items, cache.shared())
+        assert _stored(cache, items, registry) == shared == unshared

@@ -72,7 +72,12 @@ def default_path() -> Path:
 
 
 class ResultCache:
-    """Results by key in SQLite; ``ResultCache(None)`` is a cache that keeps nothing."""
+    """Results by key in SQLite; ``ResultCache(None)`` is a cache that keeps nothing.
+
+    Several processes may share one (the validation workers write their results to their
+    caller's): SQLite serialises their writes, each waiting up to ``TIMEOUT`` seconds."""
+
+    TIMEOUT = 10.0
 
     def __init__(self, path: str | os.PathLike[str] | None, *, max_rows: int = MAX_ROWS) -> None:
         self.path = Path(path) if path is not None else None
@@ -90,7 +95,7 @@ class ResultCache:
         for attempt in range(2):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                db = sqlite3.connect(self.path, timeout=self.TIMEOUT, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
                 db.execute("PRAGMA synchronous=NORMAL")
                 db.execute(
@@ -109,7 +114,10 @@ class ResultCache:
             except (sqlite3.DatabaseError, OSError) as exc:
                 with contextlib.suppress(UnboundLocalError, sqlite3.Error):
                     db.close()
-                if attempt == 0 and isinstance(exc, sqlite3.DatabaseError):
+                # A damaged file is replaced; one another process holds locked (an
+                # OperationalError, as is a file that cannot be opened) is left alone.
+                damaged = isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
+                if attempt == 0 and damaged:
                     log.warning("cache %s is unusable (%s); starting a new one", self.path, exc)
                     for suffix in ("", "-wal", "-shm"):
                         with contextlib.suppress(OSError):
@@ -123,6 +131,13 @@ class ResultCache:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+
+    def shared(self) -> tuple[str, int] | None:
+        """What another process opens to write to this cache: its path and row limit (its
+        ``ResultCache`` arguments); None for a cache that keeps nothing, or switched off."""
+        if self.path is None or self._db is None:
+            return None
+        return str(self.path), self.max_rows
 
     def __enter__(self) -> ResultCache:
         return self

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Protocol
 
+from headwater.cache import ResultCache
+from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic, GitError
 from headwater.flows import validate_flow
 from headwater.gitrepo import GitRepo
@@ -33,9 +35,16 @@ log = logging.getLogger(__name__)
 Item = tuple[str, str, str, str]  # blob id, path, expected flow id, expected namespace
 Result = tuple[list[Diagnostic], FlowReferences | None]
 Blobs = Mapping[str, bytes]  # content by blob id
+Shared = tuple[str, int]  # a result cache as another process opens it (ResultCache.shared)
 
 PARALLEL_MIN = 1500  # below this, starting a process costs more than it saves
 CHUNK = 250  # flows per piece of work: small enough to even out, large enough to batch reads
+
+
+def result_key(item: Item, registry: TypeRegistry) -> str:
+    """The result cache key of an item's validation result."""
+    oid, path, flow_id, namespace = item
+    return cache_key("flow", oid, path, registry.fingerprint, flow_id, namespace)
 
 
 def validate_many(
@@ -44,6 +53,7 @@ def validate_many(
     registry: TypeRegistry,
     extra_types: Sequence[str],
     meanwhile: Callable[[Blobs], None] | None = None,
+    store: ResultCache | None = None,
 ) -> dict[str, Result]:
     """Validation result of every item, by path.
 
@@ -51,11 +61,13 @@ def validate_many(
     this process then takes chunks from the far end of the queue (those no worker has
     started), so the work splits evenly however long the workers take to start.
     ``meanwhile`` is other work of the caller's, done in this process while the workers
-    validate; it is given the items' blobs, all read by then.
+    validate; it is given the items' blobs, all read by then. Each result is written to
+    ``store`` (under ``result_key``) by the process that made it: a worker writes its own,
+    while this one goes on.
     """
     workers = _workers() if len(items) >= PARALLEL_MIN else 0
     if workers <= 0:
-        return _alone(repo, items, registry, meanwhile)
+        return _alone(repo, items, registry, meanwhile, store)
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     blobs: dict[str, bytes] = {}
     try:
@@ -63,10 +75,11 @@ def validate_many(
         # pool ends, and closing the reader waits for its Git to see them closed.
         with repo.blob_reader() as reader, ProcessPoolExecutor(workers, mp_context=_start_method()) as pool:
             futures: list[Future[dict[str, Result]]] = []
+            shared = None if store is None else store.shared()
             for chunk in chunks:
                 read = reader.read(oid for (oid, _p, _f, _n) in chunk)
                 blobs.update(read)
-                futures.append(pool.submit(_worker, list(extra_types), read, list(chunk)))
+                futures.append(pool.submit(_worker, list(extra_types), read, list(chunk), shared))
             if meanwhile is not None:
                 run, meanwhile = meanwhile, None  # once, whatever happens
                 try:
@@ -78,7 +91,7 @@ def validate_many(
             for chunk, future in zip(reversed(chunks), reversed(futures), strict=True):
                 if not future.cancel():
                     break  # a worker has it, and every chunk before it
-                results.update(_validate(blobs, chunk, registry))
+                results.update(_validate(blobs, chunk, registry, store))
             for future in futures:
                 if not future.cancelled():
                     results.update(future.result())
@@ -88,7 +101,7 @@ def validate_many(
         raise failed.__cause__ from None
     except (BrokenProcessPool, OSError) as exc:  # no processes here: do it all in this one
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
-        return _alone(repo, items, registry, meanwhile)
+        return _alone(repo, items, registry, meanwhile, store)
 
 
 class Validator(Protocol):
@@ -96,7 +109,7 @@ class Validator(Protocol):
 
     def __call__(
         self, repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str],
-        meanwhile: Callable[[Blobs], None] | None = None,
+        meanwhile: Callable[[Blobs], None] | None = None, store: ResultCache | None = None,
     ) -> dict[str, Result]: ...
 
 
@@ -120,11 +133,15 @@ class Pipeline:
     this process takes the chunks of a folder no worker has started when it needs them.
 
     A pass of fewer than ``PARALLEL_MIN`` flows (``expected``) runs in this process alone.
+    The workers write their results to ``store`` as they make them.
     """
 
-    def __init__(self, repo: GitRepo, extra_types: Sequence[str], expected: int) -> None:
+    def __init__(
+        self, repo: GitRepo, extra_types: Sequence[str], expected: int, store: ResultCache | None = None
+    ) -> None:
         self.repo = repo
         self.extra = list(extra_types)
+        self.shared = None if store is None else store.shared()
         self.workers = _workers() if expected >= PARALLEL_MIN else 0
         self._pool: ProcessPoolExecutor | None = None
         self._queued: dict[Item, _Queued] = {}
@@ -158,7 +175,7 @@ class Pipeline:
                 for start in range(0, len(items), CHUNK):
                     chunk = items[start : start + CHUNK]
                     read = reader.read(oid for (oid, _p, _f, _n) in chunk)
-                    queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk))
+                    queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk, self.shared))
                     self._queued.update((item, queued) for item in chunk)
         except (BrokenProcessPool, OSError, GitError) as exc:  # ``validate`` does the rest
             log.warning("parallel validation unavailable (%s); continuing in one process", exc)
@@ -166,9 +183,10 @@ class Pipeline:
 
     def validate(
         self, repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str],
-        meanwhile: Callable[[Blobs], None] | None = None,
+        meanwhile: Callable[[Blobs], None] | None = None, store: ResultCache | None = None,
     ) -> dict[str, Result]:
-        """The validation result of every item, by path, as ``validate_many`` gives it."""
+        """The validation result of every item, by path, as ``validate_many`` gives it (the
+        workers write theirs to the pipeline's store, this process its own to ``store``)."""
         assert repo is self.repo and list(extra_types) == self.extra
         self.ahead(items)
         chunks = list({id(q): q for q in (self._queued.pop(item, None) for item in items) if q is not None}.values())
@@ -180,30 +198,31 @@ class Pipeline:
         blobs.update(self.repo.read_blobs(oid for (oid, _p, _f, _n) in rest))
         if meanwhile is not None:
             meanwhile(blobs)
-        results = _validate(blobs, rest, registry)
+        results = _validate(blobs, rest, registry, store)
         waiting: list[_Queued] = []
         for queued in reversed(chunks):  # from the far end: those no worker has started
             if waiting or not queued.future.cancel():
                 waiting.append(queued)
                 continue
-            results.update(_validate(queued.blobs, queued.items, registry))
+            results.update(_validate(queued.blobs, queued.items, registry, store))
         for queued in reversed(waiting):
             try:
                 results.update(queued.future.result())
             except BrokenProcessPool as exc:
                 log.warning("parallel validation unavailable (%s); continuing in one process", exc)
                 self.workers = 0
-                results.update(_validate(queued.blobs, queued.items, registry))
+                results.update(_validate(queued.blobs, queued.items, registry, store))
         return results
 
 
 def _alone(
-    repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, meanwhile: Callable[[Blobs], None] | None
+    repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, meanwhile: Callable[[Blobs], None] | None,
+    store: ResultCache | None,
 ) -> dict[str, Result]:
     blobs = repo.read_blobs(oid for (oid, _p, _f, _n) in items)
     if meanwhile is not None:
         meanwhile(blobs)
-    return _validate(blobs, items, registry)
+    return _validate(blobs, items, registry, store)
 
 
 class _CallerFailed(Exception):
@@ -226,7 +245,10 @@ def _workers() -> int:
     return min((os.cpu_count() or 1) - 1, 7)
 
 
-def _validate(blobs: Blobs, items: Sequence[Item], registry: TypeRegistry) -> dict[str, Result]:
+def _validate(
+    blobs: Blobs, items: Sequence[Item], registry: TypeRegistry, store: ResultCache | None
+) -> dict[str, Result]:
+    """The items' results, by path, also written to ``store``."""
     results: dict[str, Result] = {}
     for oid, path, flow_id, namespace in items:
         doc, found = validate_flow(
@@ -234,17 +256,28 @@ def _validate(blobs: Blobs, items: Sequence[Item], registry: TypeRegistry) -> di
         )
         refs = flow_references(doc) if doc is not None and isinstance(doc.value, dict) else None
         results[path] = (found, refs)
+    if store is not None:
+        store.put_many({result_key(item, registry): results[item[1]] for item in items})
     return results
 
 
-# A worker process keeps its type registry from one chunk to the next.
+# A worker process keeps its type registry and its result cache from one chunk to the next.
 _REGISTRIES: dict[tuple[str, ...], TypeRegistry] = {}
+_STORES: dict[Shared, ResultCache] = {}
 
 
-def _worker(extra_types: list[str], blobs: dict[str, bytes], items: list[Item]) -> dict[str, Result]:
+def _worker(
+    extra_types: list[str], blobs: dict[str, bytes], items: list[Item], shared: Shared | None
+) -> dict[str, Result]:
     key = tuple(extra_types)
     registry = _REGISTRIES.get(key)
     if registry is None:
         _REGISTRIES.clear()
         registry = _REGISTRIES[key] = TypeRegistry.builtin(extra_types)
-    return _validate(blobs, items, registry)
+    store = None
+    if shared is not None:
+        store = _STORES.get(shared)
+        if store is None:
+            path, max_rows = shared
+            store = _STORES[shared] = ResultCache(path, max_rows=max_rows)
+    return _validate(blobs, items, registry, store)

@@ -21,7 +21,7 @@ from headwater import heap, inherit, layout, schemas, yamlio
 from headwater.cache import ResultCache, model_fingerprint
 from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic
-from headwater.flowbatch import Item, Validator, validate_many
+from headwater.flowbatch import Item, Validator, result_key, validate_many
 from headwater.gitrepo import GitRepo, TreeEntry
 from headwater.kestra_types import TypeRegistry
 from headwater.rules.flow_rules import FlowReferences
@@ -507,10 +507,7 @@ def _flow_entries(
         for ns in t.namespaces.values()
         for fid, e in ns.flows.items()
     ]
-    flow_keys = {
-        e.path: cache_key("flow", e.oid, e.path, registry.fingerprint, fid, ns)
-        for (_t, ns, fid, e) in flow_entries
-    }
+    flow_keys = {e.path: result_key((e.oid, e.path, fid, ns), registry) for (_t, ns, fid, e) in flow_entries}
     return flow_entries, flow_keys
 
 
@@ -559,14 +556,11 @@ def _load(
 
     todo = [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
     # The configs are parsed here while the validation workers start on the flows.
-    validated = validator(repo, todo, registry, extra, meanwhile=own_work)
+    validated = validator(repo, todo, registry, extra, meanwhile=own_work, store=store)
     flows: dict[tuple[str, str, str], FlowInfo] = {}
     for tenant, ns, fid, entry in flow_entries:
         fkey = flow_keys[entry.path]
-        if fkey in known:
-            found, refs = known[fkey]
-        else:
-            found, refs = fresh[fkey] = validated[entry.path]
+        found, refs = known[fkey] if fkey in known else validated[entry.path]
         parsed[entry.path] = found
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, entry, refs)
     store.put_many(fresh)
@@ -872,16 +866,13 @@ def update(
                 configs[path] = doc
         elif role == "flow":
             todo.append((oid, path, name, ns))
-    flow_keys = {path: cache_key("flow", oid, path, old.registry.fingerprint, fid, ns) for oid, path, fid, ns in todo}
+    flow_keys = {item[1]: result_key(item, old.registry) for item in todo}
     known = store.get_many(flow_keys.values())
     validated = validate_many(repo, [t for t in todo if flow_keys[t[1]] not in known], old.registry,
-                              list(old.extra_types))
+                              list(old.extra_types), store=store)
     for _oid, path, fid, ns in todo:
         fkey = flow_keys[path]
-        if fkey in known:
-            found, refs = known[fkey]
-        else:
-            found, refs = fresh[fkey] = validated[path]
+        found, refs = known[fkey] if fkey in known else validated[path]
         parsed[path] = found
         tenant = changed[path][1]
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, tree.tenants[tenant].namespaces[ns].flows[fid], refs)
