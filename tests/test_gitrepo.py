@@ -36,6 +36,7 @@ def test_reads_commits_not_the_working_copy(tmp_path: Path) -> None:
         assert repo.read_blob(entries[0].oid) == b"committed"
 
 
+@pytest.mark.usefixtures("either_batch")
 def test_many_blobs_in_one_batch(tmp_path: Path) -> None:
     files = {f"f{i}.txt": f"content {i}\n" * (i % 50) for i in range(400)}
     repo_dir = init_repo(tmp_path / "r", files)
@@ -46,6 +47,26 @@ def test_many_blobs_in_one_batch(tmp_path: Path) -> None:
         assert by_path == {k: v.encode() for k, v in files.items()}
 
 
+@pytest.fixture(params=[True, False], ids=["batch-command", "batch"])
+def either_batch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Blob readers with Git's buffered ``--batch-command`` (2.36 on), and without it."""
+    buffered: bool = request.param
+    if buffered and not gitrepo._buffered_batch():
+        pytest.fail("this Git has no cat-file --batch-command (2.36 or later is needed)")
+    monkeypatch.setattr(gitrepo, "_buffered_batch", lambda: buffered)
+    return buffered
+
+
+def test_a_blob_reader_uses_the_mode_it_is_given(tmp_path: Path, either_batch: bool) -> None:
+    repo_dir = init_repo(tmp_path / "r", {"a.txt": "alpha"})
+    with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
+        oid = repo.ls_tree("HEAD")[0].oid
+        assert reader.read([oid]) == {oid: b"alpha"}
+        assert reader._proc is not None
+        assert ("--batch-command" in reader._proc.args) is either_batch
+
+
+@pytest.mark.usefixtures("either_batch")
 def test_a_blob_reader_reads_batch_after_batch_through_one_git_process(tmp_path: Path) -> None:
     files = {f"f{i}.txt": f"content {i}\n" * (i % 50) for i in range(300)}  # past a pipe's buffer
     repo_dir = init_repo(tmp_path / "r", files)
@@ -62,6 +83,7 @@ def test_a_blob_reader_reads_batch_after_batch_through_one_git_process(tmp_path:
         assert reader.read([]) == {}
 
 
+@pytest.mark.usefixtures("either_batch")
 def test_a_blob_reader_names_a_missing_object_and_reads_on(tmp_path: Path) -> None:
     repo_dir = init_repo(tmp_path / "r", {"a.txt": "alpha"})
     with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
@@ -71,6 +93,7 @@ def test_a_blob_reader_names_a_missing_object_and_reads_on(tmp_path: Path) -> No
         assert reader.read([oid]) == {oid: b"alpha"}
 
 
+@pytest.mark.usefixtures("either_batch")
 def test_a_blob_reader_whose_git_died_says_so_and_starts_another(tmp_path: Path) -> None:
     repo_dir = init_repo(tmp_path / "r", {"a.txt": "alpha"})
     with GitRepo(repo_dir) as repo, repo.blob_reader() as reader:
@@ -84,6 +107,7 @@ def test_a_blob_reader_whose_git_died_says_so_and_starts_another(tmp_path: Path)
         assert reader.read([oid]) == {oid: b"alpha"}
 
 
+@pytest.mark.usefixtures("either_batch")
 def test_a_blob_reader_interrupted_mid_read_starts_afresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An error while answers are read (Ctrl-C, say) must not leave them to the next read,
     which would take one blob's content for another's."""
