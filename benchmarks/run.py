@@ -11,7 +11,7 @@ default) and the median is reported. Measured, in this order:
 1. cold floor: ls-tree + `git cat-file --batch` of every flow and config blob + libyaml parse,
    run right before each cold `validate` and each cold `plan` below: this machine's speed
    may drift within minutes, so each is compared with the floor runs next to its own (the
-   floor row has them all);
+   floor row has them all); the disk's pending writes are flushed before each;
 2. cold `headwater validate` (both instances) in a fresh working directory and HOME;
 3. cold `headwater plan` then `apply` of `dev` into a fresh state directory (local target);
 4. no-op `headwater plan --detailed-exitcode` right after the apply;
@@ -192,6 +192,9 @@ def bench_size(size: str, seed: int, repeats: int, timeout: float,
     plan_floor = Row("floor-plan", "cold floor, the runs before each cold plan")
 
     def floor_run(row: Row) -> None:
+        # The disk's pending writes (the apply before, its state removed) are flushed first:
+        # the kernel writing them back would take a core from whichever run comes next.
+        os.sync()
         sample = run.floor("cold", str(repo), base)
         row.add(sample)
         cold_floor.add(sample)
@@ -425,6 +428,7 @@ beside the floor measured in the same run:
 
 The ratio is the median time over the floor's median time. The floor runs right before each
 cold `validate` and each cold `plan`, and each is compared with the floor runs next to its own.
+The disk's pending writes are flushed (`sync`) before each of those floor runs.
 """
 
 
