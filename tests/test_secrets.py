@@ -7,9 +7,11 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from headwater import secrets as secrets_module
 from headwater.errors import ConfigError, StateError
 from headwater.resources import ResourceKey
 from headwater.secrets import (
@@ -139,14 +141,23 @@ def test_a_lookup_scope_answers_as_single_lookups_and_lists_each_folder_once(
         return real(path)
 
     monkeypatch.setattr(os, "listdir", counting)
+    opened: list[str] = []
+
+    def opening(path: str, mode: str) -> Any:
+        opened.append(path)
+        return open(path, mode)
+
+    monkeypatch.setattr(secrets_module, "open", opening, raising=False)
     chained = ChainProvider(EnvProvider(environ={}), provider)
     with lookup_scope(chained):
         scoped = {lookup: provider.get(*lookup) for lookup in lookups}
+        again = {lookup: provider.get(*lookup) for lookup in lookups}
         with pytest.raises(ConfigError, match="not UTF-8"):
             provider.get("acme", "company", "BINARY")
-    assert scoped == single
+    assert scoped == again == single
     assert sum(v is not None for v in scoped.values()) == 18
     assert len(listed) == len(set(listed)) == 3 * 6  # each folder of every chain, once
+    assert opened and len(opened) == len(set(opened))  # each file, once
     with lookup_scope(provider):  # a new scope sees a value written since
         (secrets_dir / "acme" / "company" / "MISSING").write_text("now set")
         assert provider.get("acme", "company.team", "MISSING") == "now set"

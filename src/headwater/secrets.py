@@ -59,17 +59,20 @@ class DirectoryProvider:
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
         self._listings: dict[str, frozenset[str]] | None = None
+        self._contents: dict[str, bytes | None] = {}
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
-        """Within it each folder is listed once, and only the files it lists are read: the
-        thousands of lookups of one desired state then cost one listing per folder, not one
-        failed open per folder of each namespace chain."""
-        self._listings = {}
+        """Within it each folder is listed once, only the files it lists are read, and each
+        file once: the thousands of lookups of one desired state then cost one listing per
+        folder, not one failed open per folder of each namespace chain, and one read per
+        file (a tenant's secret that every namespace of it inherits: once, not per
+        namespace)."""
+        self._listings, self._contents = {}, {}
         try:
             yield
         finally:
-            self._listings = None
+            self._listings, self._contents = None, {}
 
     def _holds(self, folder: str, name: str) -> bool:
         if self._listings is None:
@@ -95,16 +98,16 @@ class DirectoryProvider:
         for folder in [*(f"{root}/{ns}" for ns in namespace_chain(namespace)), root]:
             if not self._holds(folder, name):
                 continue
-            path = Path(folder, name)
+            path = f"{folder}/{name}"
             try:
-                data = path.read_bytes()
-            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-                continue
+                data = self._read(path)
             except OSError as e:
                 raise ConfigError(
                     f"cannot read secret {name} from {path}: {e.strerror}",
                     hint="check the permissions of the secrets directory",
                 ) from e
+            if data is None:
+                continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
@@ -116,6 +119,19 @@ class DirectoryProvider:
                 return text[:-2]
             return text.removesuffix("\n")
         return None
+
+    def _read(self, path: str) -> bytes | None:
+        """The file's content, None if there is no such file; within a scope, read once."""
+        if path in self._contents:
+            return self._contents[path]
+        try:
+            with open(path, "rb") as file:
+                data: bytes | None = file.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            data = None
+        if self._listings is not None:
+            self._contents[path] = data
+        return data
 
 
 class EnvProvider:
