@@ -693,3 +693,21 @@ def test_a_pull_request_view_made_tenant_by_tenant_refuses_an_invalid_head_alike
     assert raised[0].diagnostics and raised[0].revision == raised[1].revision == head
     # an invalid base is taken as it is, as the whole compare takes it
     assert compared_alike(engine, monkeypatch, "dev", head, base).summary()["delete"] > 0
+
+
+def test_every_chunk_a_pass_submits_is_collected(engines: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder's flows submitted ahead are each collected in the folder's turn, cold or
+    warm: none is left to the end of the pass (found in the result cache instead, say)."""
+    left: list[int] = []
+    real = flowbatch.Pipeline.close
+
+    def close(self: flowbatch.Pipeline) -> None:
+        left.append(len(self._queued))
+        real(self)
+
+    monkeypatch.setattr(flowbatch.Pipeline, "close", close)
+    _whole, by_tenant = engines
+    for _ in range(2):  # cold, then with every result cached
+        full_apply(by_tenant, "dev", by_tenant=True)
+        by_tenant.plan("dev", by_tenant.repo.resolve("HEAD"), each=lambda part: None)
+    assert len(left) == 4 and left == [0, 0, 0, 0]

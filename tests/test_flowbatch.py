@@ -222,7 +222,7 @@ def test_every_result_is_written_to_the_store(
         items = _items(repo)
         registry = snapshot.load(repo, "HEAD").registry
         if how == "pipeline":
-            with flowbatch.Pipeline(repo, [], expected=len(items), store=cache) as pipeline:
+            with flowbatch.Pipeline(repo, [], expected=len(items)) as pipeline:
                 pipeline.ahead(items)
                 results = pipeline.validate(repo, items, registry, [], store=cache)
         elif how == "spawned":

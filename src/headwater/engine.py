@@ -769,7 +769,7 @@ class Engine:
     def _pipeline(self, pieces: snapshot.Pieces) -> flowbatch.Pipeline:
         """The workers of a pass over ``pieces``' tenant folders (``flowbatch.Pipeline``)."""
         flows = sum(1 for e in pieces.entries if "/flows/" in e.path)
-        return flowbatch.Pipeline(self.repo, pieces.root.extra, expected=flows, store=self.cache)
+        return flowbatch.Pipeline(self.repo, pieces.root.extra, expected=flows)
 
     def _count_folders(
         self, instance: str, pieces: snapshot.Pieces, base: str | None, *, plan: bool, lock: Lock | None,

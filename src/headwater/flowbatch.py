@@ -133,15 +133,16 @@ class Pipeline:
     this process takes the chunks of a folder no worker has started when it needs them.
 
     A pass of fewer than ``PARALLEL_MIN`` flows (``expected``) runs in this process alone.
-    The workers write their results to ``store`` as they make them.
+
+    Unlike ``validate_many``'s, the workers do not write their results to the result cache:
+    this process writes them when it collects them. A folder's loading looks its flows up
+    in the cache first (``snapshot.piece``); had a worker written them meanwhile, they
+    would be found there, and their chunks, never collected, kept to the end of the pass.
     """
 
-    def __init__(
-        self, repo: GitRepo, extra_types: Sequence[str], expected: int, store: ResultCache | None = None
-    ) -> None:
+    def __init__(self, repo: GitRepo, extra_types: Sequence[str], expected: int) -> None:
         self.repo = repo
         self.extra = list(extra_types)
-        self.shared = None if store is None else store.shared()
         self.workers = _workers() if expected >= PARALLEL_MIN else 0
         self._pool: ProcessPoolExecutor | None = None
         self._queued: dict[Item, _Queued] = {}
@@ -175,7 +176,7 @@ class Pipeline:
                 for start in range(0, len(items), CHUNK):
                     chunk = items[start : start + CHUNK]
                     read = reader.read(oid for (oid, _p, _f, _n) in chunk)
-                    queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk, self.shared))
+                    queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk, None))
                     self._queued.update((item, queued) for item in chunk)
         except (BrokenProcessPool, OSError, GitError) as exc:  # ``validate`` does the rest
             log.warning("parallel validation unavailable (%s); continuing in one process", exc)
@@ -185,8 +186,8 @@ class Pipeline:
         self, repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str],
         meanwhile: Callable[[Blobs], None] | None = None, store: ResultCache | None = None,
     ) -> dict[str, Result]:
-        """The validation result of every item, by path, as ``validate_many`` gives it (the
-        workers write theirs to the pipeline's store, this process its own to ``store``)."""
+        """The validation result of every item, by path, as ``validate_many`` gives it; each
+        also written to ``store`` (by this process)."""
         assert repo is self.repo and list(extra_types) == self.extra
         self.ahead(items)
         chunks = list({id(q): q for q in (self._queued.pop(item, None) for item in items) if q is not None}.values())
@@ -207,7 +208,7 @@ class Pipeline:
             results.update(_validate(queued.blobs, queued.items, registry, store))
         for queued in reversed(waiting):
             try:
-                results.update(queued.future.result())
+                results.update(_put(store, queued.items, queued.future.result(), registry))
             except BrokenProcessPool as exc:
                 log.warning("parallel validation unavailable (%s); continuing in one process", exc)
                 self.workers = 0
@@ -256,6 +257,13 @@ def _validate(
         )
         refs = flow_references(doc) if doc is not None and isinstance(doc.value, dict) else None
         results[path] = (found, refs)
+    return _put(store, items, results, registry)
+
+
+def _put(
+    store: ResultCache | None, items: Sequence[Item], results: dict[str, Result], registry: TypeRegistry
+) -> dict[str, Result]:
+    """``results`` (of ``items``, by path), written to ``store``."""
     if store is not None:
         store.put_many({result_key(item, registry): results[item[1]] for item in items})
     return results
