@@ -234,7 +234,10 @@ def test_every_result_is_written_to_the_store(
         assert results.keys() == {item[1] for item in items}
 
 
-def test_a_worker_writes_its_results_to_the_cache_it_is_given(sample: Path, tmp_path: Path) -> None:
+def test_a_worker_writes_its_results_to_the_cache_it_is_given(
+    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flowbatch, "_STORES", {})  # this process's connection, not for later forks
     with GitRepo(sample) as repo, ResultCache(tmp_path / "c.db") as cache:
         items = _items(repo)
         registry = snapshot.load(repo, "HEAD").registry
