@@ -4,7 +4,6 @@ not freed, its output whole and its exit code the command's."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,8 +86,9 @@ def test_what_a_one_command_process_keeps_is_never_freed_and_nothing_else_is_kep
     )
     kept = python(code.format(setup="heap.one_command()\n"))
     assert (kept.returncode, kept.stdout) == (0, "end")
-    elsewhere = python(code.format(setup=""))  # keep does nothing; end is the usual exit
-    assert (elsewhere.returncode, elsewhere.stdout) == (0, "freed end")
+    for setup in ("", "heap.one_command()\nheap.long_run()\n"):  # not one command's: a test, the daemon
+        elsewhere = python(code.format(setup=setup))  # keep does nothing; end is the usual exit
+        assert (elsewhere.returncode, elsewhere.stdout) == (0, "freed end"), setup
 
 
 def test_end_waits_for_another_thread_as_the_usual_exit_does() -> None:
@@ -102,24 +102,8 @@ def test_end_waits_for_another_thread_as_the_usual_exit_does() -> None:
     assert (done.returncode, done.stdout) == (4, "thread done\n")
 
 
-def test_a_daemon_process_is_not_one_command() -> None:
+def test_a_message_given_to_sys_exit_is_printed_as_usual() -> None:
     done = python(
-        "import sys\n"
-        "from headwater import heap\n"
-        "class Built:\n"
-        "    def __del__(self):\n"
-        "        sys.stdout.write('freed')\n"
-        "heap.one_command()\n"
-        "heap.long_run()\n"
-        "heap.keep(Built())\n"
-        "heap.end(0)\n"
-    )
-    assert (done.returncode, done.stdout) == (0, "freed")
-
-
-def test_a_message_given_to_sys_exit_is_printed_as_usual(tmp_path: Path) -> None:
-    script = tmp_path / "run.py"
-    script.write_text(
         "import sys\n"
         "import headwater.cli.main as m\n"
         "def failing(args):\n"
@@ -127,9 +111,5 @@ def test_a_message_given_to_sys_exit_is_printed_as_usual(tmp_path: Path) -> None
         "m._run = failing\n"
         "sys.argv = ['headwater']\n"
         "m.main()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False,
-        env={**os.environ},
     )
     assert (done.returncode, done.stderr) == (1, "a message\n")
