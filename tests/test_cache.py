@@ -137,26 +137,12 @@ def test_a_cache_another_process_holds_locked_is_switched_off_not_replaced(
     holder.execute("INSERT INTO mine VALUES (1)")
     holder.execute("BEGIN EXCLUSIVE")  # a rollback-journal file, locked: WAL cannot be set
     monkeypatch.setattr(ResultCache, "TIMEOUT", 0.05)
-    with ResultCache(path) as cache:
-        assert cache.shared() is None  # switched off
+    with ResultCache(path) as cache:  # switched off
         cache.put_many({"k": 1})
         assert cache.get_many(["k"]) == {}
     holder.execute("COMMIT")
     assert holder.execute("SELECT x FROM mine").fetchall() == [(1,)]  # the file is whole
     holder.close()
-
-
-def test_what_another_process_opens_to_share_a_cache(tmp_path: Path) -> None:
-    assert ResultCache(None).shared() is None
-    with ResultCache(tmp_path / "c.db", max_rows=7) as cache:
-        assert cache.shared() == (str(tmp_path / "c.db"), 7)
-        path, max_rows = cache.shared() or ("", 0)
-        with ResultCache(path, max_rows=max_rows) as other:
-            other.put_many({"k": 1})
-        assert cache.get_many(["k"]) == {"k": 1}
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    assert ResultCache(blocker / "c.db").shared() is None  # switched off
 
 
 def test_unwritable_cache_is_switched_off(tmp_path: Path) -> None:

@@ -212,7 +212,7 @@ def test_every_result_is_written_to_the_store(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Whichever process made a result (a worker, or this one taking a chunk back), the
-    store has it, under ``result_key``, as it was returned."""
+    store has it, under ``result_key``, as it was returned (written by this process)."""
     commit(sample, "one bad flow", {FLOW: "id: ingest\nnamespace: company.team\ntasks: []\n"})
     monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
     monkeypatch.setenv("HEADWATER_WORKERS", "0" if how == "alone" else "2")
@@ -233,16 +233,3 @@ def test_every_result_is_written_to_the_store(
         assert _stored(cache, items, registry) == results
         assert results.keys() == {item[1] for item in items}
 
-
-def test_a_worker_writes_its_results_to_the_cache_it_is_given(
-    sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(flowbatch, "_STORES", {})  # this process's connection, not for later forks
-    with GitRepo(sample) as repo, ResultCache(tmp_path / "c.db") as cache:
-        items = _items(repo)
-        registry = snapshot.load(repo, "HEAD").registry
-        blobs = repo.read_blobs(oid for (oid, *_rest) in items)
-        unshared = flowbatch._worker([], blobs, items, None)
-        assert _stored(cache, items, registry) == {}
-        shared = flowbatch._worker([], blobs, items, cache.shared())
-        assert _stored(cache, items, registry) == shared == unshared

@@ -74,8 +74,11 @@ def default_path() -> Path:
 class ResultCache:
     """Results by key in SQLite; ``ResultCache(None)`` is a cache that keeps nothing.
 
-    Several processes may share one (the validation workers write their results to their
-    caller's): SQLite serialises their writes, each waiting up to ``TIMEOUT`` seconds."""
+    Several processes may share one file (two commands at once, the daemon and a CLI
+    command): SQLite serialises their writes, each waiting up to ``TIMEOUT`` seconds. A
+    process must not use a connection it inherited through a fork, nor open one to a file
+    its parent has open (SQLite's locks are per process): the validation workers never touch
+    the cache."""
 
     TIMEOUT = 10.0
 
@@ -131,13 +134,6 @@ class ResultCache:
             if self._db is not None:
                 self._db.close()
                 self._db = None
-
-    def shared(self) -> tuple[str, int] | None:
-        """What another process opens to write to this cache: its path and row limit (its
-        ``ResultCache`` arguments); None for a cache that keeps nothing, or switched off."""
-        if self.path is None or self._db is None:
-            return None
-        return str(self.path), self.max_rows
 
     def __enter__(self) -> ResultCache:
         return self

@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 Item = tuple[str, str, str, str]  # blob id, path, expected flow id, expected namespace
 Result = tuple[list[Diagnostic], FlowReferences | None]
 Blobs = Mapping[str, bytes]  # content by blob id
-Shared = tuple[str, int]  # a result cache as another process opens it (ResultCache.shared)
 
 PARALLEL_MIN = 1500  # below this, starting a process costs more than it saves
 CHUNK = 250  # flows per piece of work: small enough to even out, large enough to batch reads
@@ -62,8 +61,9 @@ def validate_many(
     started), so the work splits evenly however long the workers take to start.
     ``meanwhile`` is other work of the caller's, done in this process while the workers
     validate; it is given the items' blobs, all read by then. Each result is written to
-    ``store`` (under ``result_key``) by the process that made it: a worker writes its own,
-    while this one goes on.
+    ``store`` (under ``result_key``) by this process, as it is made or collected: a forked
+    worker must not open the cache this process has open (SQLite's locks are per process,
+    and a fork shares this one's; see ``Pipeline`` too).
     """
     workers = _workers() if len(items) >= PARALLEL_MIN else 0
     if workers <= 0:
@@ -75,11 +75,10 @@ def validate_many(
         # pool ends, and closing the reader waits for its Git to see them closed.
         with repo.blob_reader() as reader, ProcessPoolExecutor(workers, mp_context=_start_method()) as pool:
             futures: list[Future[dict[str, Result]]] = []
-            shared = None if store is None else store.shared()
             for chunk in chunks:
                 read = reader.read(oid for (oid, _p, _f, _n) in chunk)
                 blobs.update(read)
-                futures.append(pool.submit(_worker, list(extra_types), read, list(chunk), shared))
+                futures.append(pool.submit(_worker, list(extra_types), read, list(chunk)))
             if meanwhile is not None:
                 run, meanwhile = meanwhile, None  # once, whatever happens
                 try:
@@ -92,9 +91,9 @@ def validate_many(
                 if not future.cancel():
                     break  # a worker has it, and every chunk before it
                 results.update(_validate(blobs, chunk, registry, store))
-            for future in futures:
+            for chunk, future in zip(chunks, futures, strict=True):
                 if not future.cancelled():
-                    results.update(future.result())
+                    results.update(_put(store, chunk, future.result(), registry))
         return results
     except _CallerFailed as failed:
         assert failed.__cause__ is not None
@@ -134,10 +133,9 @@ class Pipeline:
 
     A pass of fewer than ``PARALLEL_MIN`` flows (``expected``) runs in this process alone.
 
-    Unlike ``validate_many``'s, the workers do not write their results to the result cache:
-    this process writes them when it collects them. A folder's loading looks its flows up
-    in the cache first (``snapshot.piece``); had a worker written them meanwhile, they
-    would be found there, and their chunks, never collected, kept to the end of the pass.
+    As in ``validate_many``, this process writes the results to the result cache as it
+    collects them. (A folder's loading looks its flows up in the cache first; were they
+    written ahead, its queued chunks would never be collected.)
     """
 
     def __init__(self, repo: GitRepo, extra_types: Sequence[str], expected: int) -> None:
@@ -176,7 +174,7 @@ class Pipeline:
                 for start in range(0, len(items), CHUNK):
                     chunk = items[start : start + CHUNK]
                     read = reader.read(oid for (oid, _p, _f, _n) in chunk)
-                    queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk, None))
+                    queued = _Queued(chunk, read, self._pool.submit(_worker, self.extra, read, chunk))
                     self._queued.update((item, queued) for item in chunk)
         except (BrokenProcessPool, OSError, GitError) as exc:  # ``validate`` does the rest
             log.warning("parallel validation unavailable (%s); continuing in one process", exc)
@@ -269,23 +267,14 @@ def _put(
     return results
 
 
-# A worker process keeps its type registry and its result cache from one chunk to the next.
+# A worker process keeps its type registry from one chunk to the next.
 _REGISTRIES: dict[tuple[str, ...], TypeRegistry] = {}
-_STORES: dict[Shared, ResultCache] = {}
 
 
-def _worker(
-    extra_types: list[str], blobs: dict[str, bytes], items: list[Item], shared: Shared | None
-) -> dict[str, Result]:
+def _worker(extra_types: list[str], blobs: dict[str, bytes], items: list[Item]) -> dict[str, Result]:
     key = tuple(extra_types)
     registry = _REGISTRIES.get(key)
     if registry is None:
         _REGISTRIES.clear()
         registry = _REGISTRIES[key] = TypeRegistry.builtin(extra_types)
-    store = None
-    if shared is not None:
-        store = _STORES.get(shared)
-        if store is None:
-            path, max_rows = shared
-            store = _STORES[shared] = ResultCache(path, max_rows=max_rows)
-    return _validate(blobs, items, registry, store)
+    return _validate(blobs, items, registry, None)
