@@ -93,10 +93,12 @@ def test_what_a_one_command_process_keeps_is_never_freed_and_nothing_else_is_kep
 
 def test_end_waits_for_another_thread_as_the_usual_exit_does() -> None:
     done = python(
-        "import sys, threading, time\n"
+        "import threading\n"
         "from headwater import heap\n"
         "heap.one_command()\n"
-        "threading.Thread(target=lambda: (time.sleep(0.2), print('thread done', flush=True))).start()\n"
+        # a thread that runs until the main thread is done: the usual exit lets it finish
+        "main = threading.main_thread()\n"
+        "threading.Thread(target=lambda: (main.join(), print('thread done', flush=True))).start()\n"
         "heap.end(4)\n"
     )
     assert (done.returncode, done.stdout) == (4, "thread done\n")

@@ -52,7 +52,7 @@ def either_batch(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Blob readers with Git's buffered ``--batch-command`` (2.36 on), and without it."""
     buffered: bool = request.param
     if buffered and not gitrepo._buffered_batch():
-        pytest.fail("this Git has no cat-file --batch-command (2.36 or later is needed)")
+        pytest.skip("this Git has no cat-file --batch-command (2.36 on): blobs are read with --batch")
     monkeypatch.setattr(gitrepo, "_buffered_batch", lambda: buffered)
     return buffered
 

@@ -122,7 +122,7 @@ def _run_python(code: str) -> str:
 
 def test_the_cli_process_runs_without_the_cyclic_collector_and_ends_at_once() -> None:
     code = (
-        "import atexit, gc, sys, threading, time\n"
+        "import atexit, gc, sys, threading\n"
         "atexit.register(lambda: print(gc.isenabled(), gc.get_freeze_count() > 0))\n"
         "from headwater.cli.main import main\n"
         "sys.argv = ['headwater', 'init', '--help']\n"
@@ -133,8 +133,8 @@ def test_the_cli_process_runs_without_the_cyclic_collector_and_ends_at_once() ->
     at_once = _run_python(code.format(before="")).splitlines()
     assert at_once[0].startswith("Usage:") and "False True" not in at_once
     # with another thread running, the usual exit, which freezes everything first
-    slow = "threading.Thread(target=time.sleep, args=(0.2,)).start()\n"
-    assert _run_python(code.format(before=slow)).splitlines()[-1] == "False True"
+    waiting = "threading.Thread(target=threading.main_thread().join).start()\n"  # until the main thread is done
+    assert _run_python(code.format(before=waiting)).splitlines()[-1] == "False True"
 
 
 def test_the_cli_called_in_process_leaves_the_collector_alone() -> None:

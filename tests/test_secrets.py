@@ -163,6 +163,21 @@ def test_a_lookup_scope_answers_as_single_lookups_and_lists_each_folder_once(
         assert provider.get("acme", "company.team", "MISSING") == "now set"
 
 
+def test_a_value_read_in_a_scope_is_not_kept_past_it(secrets_dir: Path) -> None:
+    provider = DirectoryProvider(secrets_dir)
+    secret = secrets_dir / "acme" / "company" / "ROTATED"
+    secret.write_text("old\n")
+    with lookup_scope(provider):
+        assert provider.get("acme", "company.team", "ROTATED") == "old"
+        secret.write_text("new\n")
+        assert provider.get("acme", "company", "ROTATED") == "old"  # read once in a scope
+    assert provider.get("acme", "company.team", "ROTATED") == "new"  # outside any scope
+    secret.write_text("newer\n")
+    assert provider.get("acme", "company.team", "ROTATED") == "newer"  # nothing kept outside
+    with lookup_scope(provider):
+        assert provider.get("acme", "company.team", "ROTATED") == "newer"  # a new scope reads again
+
+
 def test_env_provider(monkeypatch: pytest.MonkeyPatch) -> None:
     assert EnvProvider(environ={"HEADWATER_SECRET_DB": VALUE}).get("a", "b", "DB") == VALUE
     assert EnvProvider("X_", environ={"X_DB": "x"}).get("a", "b", "DB") == "x"

@@ -421,22 +421,23 @@ class BlobReader:
     def __init__(self, git_dir: Path) -> None:
         self._git_dir = git_dir
         self._proc: subprocess.Popen[bytes] | None = None
+        self._buffered = False
 
     def read(self, oids: Iterable[str]) -> dict[str, bytes]:
         """Contents of the blobs ``oids``; GitError names one that is missing."""
         wanted = list(dict.fromkeys(oids))
         if not wanted:
             return {}
-        buffered = _buffered_batch()
         if self._proc is None:
-            mode = ["--batch-command", "--buffer"] if buffered else ["--batch"]
+            self._buffered = _buffered_batch()
+            mode = ["--batch-command", "--buffer"] if self._buffered else ["--batch"]
             self._proc = subprocess.Popen(
                 ["git", "--git-dir", str(self._git_dir), "cat-file", *mode],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_git_env(),
             )
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None
-        if buffered:
+        if self._buffered:  # the form this Git process was started to read
             request = ("".join(f"contents {oid}\n" for oid in wanted) + "flush\n").encode()
         else:
             request = "".join(oid + "\n" for oid in wanted).encode()
