@@ -212,7 +212,7 @@ def test_every_result_is_written_to_the_store(
     sample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     """Whichever process made a result (a worker, or this one taking a chunk back), the
-    store has it, under ``result_key``, as it was returned (written by this process)."""
+    result cache has it after a load, under ``result_key``, as it was returned."""
     commit(sample, "one bad flow", {FLOW: "id: ingest\nnamespace: company.team\ntasks: []\n"})
     monkeypatch.setattr(flowbatch, "PARALLEL_MIN", 1)
     monkeypatch.setenv("HEADWATER_WORKERS", "0" if how == "alone" else "2")
@@ -221,15 +221,19 @@ def test_every_result_is_written_to_the_store(
     with GitRepo(sample) as repo, ResultCache(tmp_path / "c.db") as cache:
         items = _items(repo)
         registry = snapshot.load(repo, "HEAD").registry
-        if how == "pipeline":
+        results = flowbatch.validate_many(repo, items, registry, [])
+        if how == "pipeline":  # folder by folder, each submitted before the first is loaded
+            pieces = snapshot.split(repo, "HEAD")
             with flowbatch.Pipeline(repo, [], expected=len(items)) as pipeline:
-                pipeline.ahead(items)
-                results = pipeline.validate(repo, items, registry, [], store=cache)
+                for folder in sorted(pieces.folders):
+                    pipeline.ahead(snapshot.to_validate(pieces, folder, cache)[1])
+                for folder in sorted(pieces.folders):
+                    snapshot.piece(repo, pieces, "dev", folder, cache=cache, validator=pipeline.validate)
         elif how == "spawned":
             with _another_thread():
-                results = flowbatch.validate_many(repo, items, registry, [], store=cache)
+                snapshot.load(repo, "HEAD", cache=cache)
         else:
-            results = flowbatch.validate_many(repo, items, registry, [], store=cache)
+            snapshot.load(repo, "HEAD", cache=cache)
         assert _stored(cache, items, registry) == results
         assert results.keys() == {item[1] for item in items}
 

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from multiprocessing.context import BaseContext
 from typing import Protocol
 
-from headwater.cache import ResultCache
 from headwater.cache import key as cache_key
 from headwater.errors import Diagnostic, GitError
 from headwater.flows import validate_flow
@@ -52,7 +51,6 @@ def validate_many(
     registry: TypeRegistry,
     extra_types: Sequence[str],
     meanwhile: Callable[[Blobs], None] | None = None,
-    store: ResultCache | None = None,
 ) -> dict[str, Result]:
     """Validation result of every item, by path.
 
@@ -60,14 +58,13 @@ def validate_many(
     this process then takes chunks from the far end of the queue (those no worker has
     started), so the work splits evenly however long the workers take to start.
     ``meanwhile`` is other work of the caller's, done in this process while the workers
-    validate; it is given the items' blobs, all read by then. Each result is written to
-    ``store`` (under ``result_key``) by this process, as it is made or collected: a forked
-    worker must not open the cache this process has open (SQLite's locks are per process,
-    and a fork shares this one's; see ``Pipeline`` too).
+    validate; it is given the items' blobs, all read by then. The caller keeps the results
+    (the result cache, under ``result_key``): a forked worker must not open the cache this
+    process has open (SQLite's locks are per process, and a fork shares this one's).
     """
     workers = _workers() if len(items) >= PARALLEL_MIN else 0
     if workers <= 0:
-        return _alone(repo, items, registry, meanwhile, store)
+        return _alone(repo, items, registry, meanwhile)
     chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
     blobs: dict[str, bytes] = {}
     try:
@@ -90,17 +87,17 @@ def validate_many(
             for chunk, future in zip(reversed(chunks), reversed(futures), strict=True):
                 if not future.cancel():
                     break  # a worker has it, and every chunk before it
-                results.update(_validate(blobs, chunk, registry, store))
-            for chunk, future in zip(chunks, futures, strict=True):
+                results.update(_validate(blobs, chunk, registry))
+            for future in futures:
                 if not future.cancelled():
-                    results.update(_put(store, chunk, future.result(), registry))
+                    results.update(future.result())
         return results
     except _CallerFailed as failed:
         assert failed.__cause__ is not None
         raise failed.__cause__ from None
     except (BrokenProcessPool, OSError) as exc:  # no processes here: do it all in this one
         log.warning("parallel validation unavailable (%s); continuing in one process", exc)
-        return _alone(repo, items, registry, meanwhile, store)
+        return _alone(repo, items, registry, meanwhile)
 
 
 class Validator(Protocol):
@@ -108,7 +105,7 @@ class Validator(Protocol):
 
     def __call__(
         self, repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str],
-        meanwhile: Callable[[Blobs], None] | None = None, store: ResultCache | None = None,
+        meanwhile: Callable[[Blobs], None] | None = None,
     ) -> dict[str, Result]: ...
 
 
@@ -133,9 +130,9 @@ class Pipeline:
 
     A pass of fewer than ``PARALLEL_MIN`` flows (``expected``) runs in this process alone.
 
-    As in ``validate_many``, this process writes the results to the result cache as it
-    collects them. (A folder's loading looks its flows up in the cache first; were they
-    written ahead, its queued chunks would never be collected.)
+    The workers never write the result cache (see ``validate_many``). Were the results
+    written ahead, a folder's loading would find them there, and its queued chunks would
+    never be collected.
     """
 
     def __init__(self, repo: GitRepo, extra_types: Sequence[str], expected: int) -> None:
@@ -182,10 +179,9 @@ class Pipeline:
 
     def validate(
         self, repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, extra_types: Sequence[str],
-        meanwhile: Callable[[Blobs], None] | None = None, store: ResultCache | None = None,
+        meanwhile: Callable[[Blobs], None] | None = None,
     ) -> dict[str, Result]:
-        """The validation result of every item, by path, as ``validate_many`` gives it; each
-        also written to ``store`` (by this process)."""
+        """The validation result of every item, by path, as ``validate_many`` gives it."""
         assert repo is self.repo and list(extra_types) == self.extra
         self.ahead(items)
         chunks = list({id(q): q for q in (self._queued.pop(item, None) for item in items) if q is not None}.values())
@@ -197,31 +193,30 @@ class Pipeline:
         blobs.update(self.repo.read_blobs(oid for (oid, _p, _f, _n) in rest))
         if meanwhile is not None:
             meanwhile(blobs)
-        results = _validate(blobs, rest, registry, store)
+        results = _validate(blobs, rest, registry)
         waiting: list[_Queued] = []
         for queued in reversed(chunks):  # from the far end: those no worker has started
             if waiting or not queued.future.cancel():
                 waiting.append(queued)
                 continue
-            results.update(_validate(queued.blobs, queued.items, registry, store))
+            results.update(_validate(queued.blobs, queued.items, registry))
         for queued in reversed(waiting):
             try:
-                results.update(_put(store, queued.items, queued.future.result(), registry))
+                results.update(queued.future.result())
             except BrokenProcessPool as exc:
                 log.warning("parallel validation unavailable (%s); continuing in one process", exc)
                 self.workers = 0
-                results.update(_validate(queued.blobs, queued.items, registry, store))
+                results.update(_validate(queued.blobs, queued.items, registry))
         return results
 
 
 def _alone(
-    repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, meanwhile: Callable[[Blobs], None] | None,
-    store: ResultCache | None,
+    repo: GitRepo, items: Sequence[Item], registry: TypeRegistry, meanwhile: Callable[[Blobs], None] | None
 ) -> dict[str, Result]:
     blobs = repo.read_blobs(oid for (oid, _p, _f, _n) in items)
     if meanwhile is not None:
         meanwhile(blobs)
-    return _validate(blobs, items, registry, store)
+    return _validate(blobs, items, registry)
 
 
 class _CallerFailed(Exception):
@@ -244,10 +239,7 @@ def _workers() -> int:
     return min((os.cpu_count() or 1) - 1, 7)
 
 
-def _validate(
-    blobs: Blobs, items: Sequence[Item], registry: TypeRegistry, store: ResultCache | None
-) -> dict[str, Result]:
-    """The items' results, by path, also written to ``store``."""
+def _validate(blobs: Blobs, items: Sequence[Item], registry: TypeRegistry) -> dict[str, Result]:
     results: dict[str, Result] = {}
     for oid, path, flow_id, namespace in items:
         doc, found = validate_flow(
@@ -255,15 +247,6 @@ def _validate(
         )
         refs = flow_references(doc) if doc is not None and isinstance(doc.value, dict) else None
         results[path] = (found, refs)
-    return _put(store, items, results, registry)
-
-
-def _put(
-    store: ResultCache | None, items: Sequence[Item], results: dict[str, Result], registry: TypeRegistry
-) -> dict[str, Result]:
-    """``results`` (of ``items``, by path), written to ``store``."""
-    if store is not None:
-        store.put_many({result_key(item, registry): results[item[1]] for item in items})
     return results
 
 
@@ -277,4 +260,4 @@ def _worker(extra_types: list[str], blobs: dict[str, bytes], items: list[Item]) 
     if registry is None:
         _REGISTRIES.clear()
         registry = _REGISTRIES[key] = TypeRegistry.builtin(extra_types)
-    return _validate(blobs, items, registry, None)
+    return _validate(blobs, items, registry)

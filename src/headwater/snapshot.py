@@ -556,11 +556,14 @@ def _load(
 
     todo = [(e.oid, e.path, fid, ns) for (_t, ns, fid, e) in flow_entries if flow_keys[e.path] not in known]
     # The configs are parsed here while the validation workers start on the flows.
-    validated = validator(repo, todo, registry, extra, meanwhile=own_work, store=store)
+    validated = validator(repo, todo, registry, extra, meanwhile=own_work)
     flows: dict[tuple[str, str, str], FlowInfo] = {}
     for tenant, ns, fid, entry in flow_entries:
         fkey = flow_keys[entry.path]
-        found, refs = known[fkey] if fkey in known else validated[entry.path]
+        if fkey in known:
+            found, refs = known[fkey]
+        else:
+            found, refs = fresh[fkey] = validated[entry.path]
         parsed[entry.path] = found
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, entry, refs)
     store.put_many(fresh)
@@ -869,10 +872,13 @@ def update(
     flow_keys = {item[1]: result_key(item, old.registry) for item in todo}
     known = store.get_many(flow_keys.values())
     validated = validate_many(repo, [t for t in todo if flow_keys[t[1]] not in known], old.registry,
-                              list(old.extra_types), store=store)
+                              list(old.extra_types))
     for _oid, path, fid, ns in todo:
         fkey = flow_keys[path]
-        found, refs = known[fkey] if fkey in known else validated[path]
+        if fkey in known:
+            found, refs = known[fkey]
+        else:
+            found, refs = fresh[fkey] = validated[path]
         parsed[path] = found
         tenant = changed[path][1]
         flows[(tenant, ns, fid)] = FlowInfo(tenant, ns, fid, tree.tenants[tenant].namespaces[ns].flows[fid], refs)
